@@ -1,0 +1,98 @@
+"""Mechanics shared by the algorithms: parameter selection, frozen copies, optimisers, masks,
+training images and the diffusion loss. One copy here instead of one per algorithm."""
+
+from __future__ import annotations
+
+import copy
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from igmu.platform.generator import Generator
+
+ParameterSet = Literal["full", "xattn", "noxattn", "xattn-kv"]
+PARAMETER_SETS: tuple[str, ...] = ("full", "xattn", "noxattn", "xattn-kv")
+
+
+def is_selected(name: str, which: str) -> bool:
+    """ESD's naming, which ports unchanged from CompVis to diffusers: attn2 = cross-attention."""
+    if which == "full":
+        return True
+    if which == "xattn":
+        return "attn2" in name
+    if which == "xattn-kv":
+        return "attn2.to_k" in name or "attn2.to_v" in name
+    if which == "noxattn":
+        return "attn2" not in name
+    raise ValueError(f"unknown parameter set {which!r}; valid: {', '.join(PARAMETER_SETS)}")
+
+
+def select_parameters(unet: torch.nn.Module, which: str) -> dict[str, torch.nn.Parameter]:
+    """Make exactly the chosen UNet parameters trainable; return them by name."""
+    chosen = {}
+    for name, param in unet.named_parameters():
+        param.requires_grad_(is_selected(name, which))
+        if param.requires_grad:
+            chosen[name] = param
+    return chosen
+
+
+def frozen_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy with no gradients: the reference model (epsilon*) of ESD, CA, EraseDiff."""
+    return copy.deepcopy(module).eval().requires_grad_(False)
+
+
+def make_optimizer(params, lr: float) -> torch.optim.Optimizer:
+    return torch.optim.Adam(list(params), lr=lr)
+
+
+def apply_masks(params: dict[str, torch.nn.Parameter], masks: dict[str, torch.Tensor]) -> None:
+    """Zero the gradients outside the masks (SalUn's `p.grad *= mask`)."""
+    for name, param in params.items():
+        if param.grad is not None and name in masks:
+            param.grad.mul_(masks[name])
+
+
+def top_fraction_masks(scores: dict[str, torch.Tensor], fraction: float) -> dict[str, torch.Tensor]:
+    """Binary masks keeping the globally top `fraction` of entries by score."""
+    flat = torch.cat([s.flatten() for s in scores.values()])
+    keep = max(1, int(round(fraction * flat.numel())))
+    threshold = torch.topk(flat, keep, sorted=True).values[-1]
+    masks = {name: (s >= threshold).float() for name, s in scores.items()}
+    # Ties at the threshold can keep a few extra entries; drop them so the fraction is exact.
+    excess = int(sum(m.sum() for m in masks.values())) - keep
+    for name in masks:
+        if excess <= 0:
+            break
+        ties = ((scores[name] == threshold) & (masks[name] > 0)).flatten().nonzero().flatten()[:excess]
+        masks[name].view(-1)[ties] = 0.0
+        excess -= len(ties)
+    return masks
+
+
+def pick(prompts: tuple[str, ...], n: int, rng: torch.Generator) -> list[int]:
+    return torch.randint(0, len(prompts), (n,), generator=rng).tolist()
+
+
+@torch.no_grad()
+def training_images(generator: Generator, prompts: list[str], seed: int) -> torch.Tensor:
+    """Images the (still original) model makes for `prompts`, as clean latents for training."""
+    images = generator.sample(prompts, seed=seed)
+    return generator.codec.encode(images.to(generator.device, generator.dtype))
+
+
+def noised(generator: Generator, clean: torch.Tensor, rng: torch.Generator):
+    """(x_t, t, epsilon) for random timesteps: the forward process q(x_t | x_0)."""
+    noise = torch.randn(clean.shape, generator=rng).to(clean)
+    t = torch.randint(0, generator.scheduler.config.num_train_timesteps, (len(clean),), generator=rng)
+    t = t.to(clean.device)
+    return generator.scheduler.add_noise(clean, noise, t), t, noise
+
+
+def diffusion_loss(generator: Generator, clean: torch.Tensor, prompts: list[str], rng: torch.Generator,
+                   unet: torch.nn.Module | None = None) -> torch.Tensor:
+    """L_DM = E ||epsilon - epsilon_theta(x_t, c, t)||^2, the standard denoising loss."""
+    x_t, t, noise = noised(generator, clean, rng)
+    unet = unet or generator.unet
+    return F.mse_loss(unet(x_t, t, encoder_hidden_states=generator.encode_prompt(prompts)).sample, noise)

@@ -1,0 +1,75 @@
+"""Generated images, made once per (model weights, prompts, seed, sampler settings) and reused.
+
+The key hashes the model's weights rather than its name, so an unlearned model that keeps changing
+during a run never reads stale images, while the original model's images are shared by every trial
+(on disk, when a cache folder is configured).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+
+from igmu.platform.generator import Generator
+
+
+def model_fingerprint(generator: Generator) -> str:
+    digest = hashlib.sha256()
+    for module in (generator.unet, generator.text_encoder):
+        for name, tensor in module.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:20]
+
+
+class ImageCache:
+    """In-memory image cache, mirrored to `folder` (safetensors) when one is given."""
+
+    def __init__(self, folder: str | os.PathLike | None = None):
+        self.folder = Path(folder) if folder else None
+        self._memory: dict[str, torch.Tensor] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def images(self, generator: Generator, prompts: list[str], seed: int, steps: int | None = None,
+               guidance: float | None = None) -> torch.Tensor:
+        settings = {**generator.sampling_defaults, **{k: v for k, v in (("steps", steps), ("guidance", guidance))
+                                                       if v is not None}}
+        key = self._key(generator, prompts, seed, settings)
+        if key in self._memory:
+            self.hits += 1
+            return self._memory[key]
+        images = self._load(key)
+        if images is None:
+            self.misses += 1
+            images = generator.sample(prompts, seed=seed, steps=settings["steps"], guidance=settings["guidance"])
+            self._store(key, images)
+        self._memory[key] = images
+        return images
+
+    def _key(self, generator: Generator, prompts: list[str], seed: int, settings: dict) -> str:
+        digest = hashlib.sha256()
+        digest.update(model_fingerprint(generator).encode())
+        digest.update("\x1f".join(prompts).encode())
+        digest.update(f"{seed}|{settings['steps']}|{settings['guidance']}".encode())
+        return digest.hexdigest()[:32]
+
+    def _load(self, key: str) -> torch.Tensor | None:
+        if self.folder is None or not (self.folder / f"{key}.safetensors").is_file():
+            return None
+        from safetensors.torch import load_file
+
+        return load_file(str(self.folder / f"{key}.safetensors"))["images"]
+
+    def _store(self, key: str, images: torch.Tensor) -> None:
+        if self.folder is None:
+            return
+        from safetensors.torch import save_file
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        partial = self.folder / f"{key}.tmp-{os.getpid()}"
+        save_file({"images": images.contiguous()}, str(partial))
+        os.replace(partial, self.folder / f"{key}.safetensors")  # atomic: concurrent trials never read half a file

@@ -1,0 +1,105 @@
+"""What every metric reads: the target, both models, the judges, the prompt sets and the image cache."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from igmu.metrics.cache import ImageCache
+from igmu.metrics.judges import Judge, expected_labels
+from igmu.platform.concepts import CHARACTER_NAMES, OBJECT_NAMES, STYLE_NAMES, Concept
+from igmu.platform.generator import Generator
+from igmu.platform.prompts import PromptSpec, prompt_sets
+
+# Reference images of the original model use another seed, so that the original model scored
+# against itself measures sampling noise, not an identical copy.
+REFERENCE_SEED_OFFSET = 1000
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Images per prompt set, and the attack's size. `small` is the interim check inside sweeps."""
+
+    name: str
+    forget: int
+    retain: int
+    related: int
+    paraphrase: int
+    attack_prompts: int = 0
+    attack_steps: int = 0
+
+
+BUDGET_SIZES = {
+    "small": Budget("small", forget=24, retain=32, related=16, paraphrase=0),
+    "full": Budget("full", forget=48, retain=96, related=48, paraphrase=48, attack_prompts=8, attack_steps=30),
+}
+
+
+def spread(items: tuple, n: int) -> list:
+    """`n` items evenly spaced over `items` (all of them if fewer): deterministic and varied."""
+    if n <= 0:
+        return []
+    if n >= len(items):
+        return list(items)
+    step = len(items) / n
+    return [items[int(i * step)] for i in range(n)]
+
+
+@dataclass
+class EvalContext:
+    target: Concept
+    model: Generator
+    original: Generator
+    judges: dict[str, Judge]
+    budget: Budget
+    cache: ImageCache = field(default_factory=ImageCache)
+    seed: int = 0
+    results: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        sets = prompt_sets(self.target.name)
+        self.prompt_specs: dict[str, list[PromptSpec]] = {
+            "forget": spread(sets.forget, self.budget.forget),
+            "retain": spread(sets.retain, self.budget.retain),
+            "related": spread(sets.related, self.budget.related),
+            "paraphrase": spread(sets.paraphrase, self.budget.paraphrase),
+        }
+        self.prompt_specs["forget_removed"] = [p.without(self.target) for p in self.prompt_specs["forget"]]
+
+    def images(self, set_name: str, original: bool = False) -> torch.Tensor:
+        """Images of a prompt set from the evaluated model, or (reference seed) the original model."""
+        prompts = [p.text for p in self.prompt_specs[set_name]]
+        if original:
+            return self.cache.images(self.original, prompts, self.seed + REFERENCE_SEED_OFFSET)
+        return self.cache.images(self.model, prompts, self.seed)
+
+    def target_present(self, images: torch.Tensor) -> torch.Tensor:
+        """The target's detector: a bool per image."""
+        return target_detected(self.judges, self.target, images)
+
+    def attribute_hits(self, set_name: str, images: torch.Tensor, skip: tuple[str, ...] = ()) -> dict[str, list]:
+        """Per judge, one bool per image whose prompt asks for that judge's attribute."""
+        return attribute_hits(self.judges, self.prompt_specs[set_name], images, skip)
+
+
+def target_detected(judges: dict[str, Judge], target: Concept, images: torch.Tensor) -> torch.Tensor:
+    if target.category == "object":
+        return judges["object"].predict(images)["probs"].argmax(-1) == OBJECT_NAMES.index(target.name)
+    if target.category == "style":
+        return judges["style"].predict(images)["probs"].argmax(-1) == STYLE_NAMES.index(target.name)
+    if target.category == "sensitive":
+        return judges["sensitive"].predict(images)["probs"].argmax(-1) == 1
+    return judges["character"].predict(images)["probs"].argmax(-1) == 1 + CHARACTER_NAMES.index(target.name)
+
+
+def attribute_hits(judges: dict[str, Judge], specs: list[PromptSpec], images: torch.Tensor,
+                   skip: tuple[str, ...] = ()) -> dict[str, list]:
+    predicted = {name: judge.predict(images)["probs"].argmax(-1).tolist() for name, judge in judges.items()
+                 if name not in skip}
+    hits = {name: [] for name in predicted}
+    for i, spec in enumerate(specs):
+        for name, label in expected_labels(spec).items():
+            if name in predicted and label is not None:
+                hits[name].append(predicted[name][i] == label)
+    return hits

@@ -1,0 +1,33 @@
+import os
+import sys
+from pathlib import Path
+
+# Before any library import: never reach for the network, keep Ray quiet and small.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture(scope="session")
+def judges():
+    from igmu.metrics.judges import load_judges
+    from igmu.platform.generator import assets_dir
+
+    return load_judges(assets_dir() / "judges")
+
+
+@pytest.fixture(scope="session")
+def world_generator():
+    from igmu.platform.generator import load_generator
+
+    return load_generator("world", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_dir(tmp_path_factory):
+    from tiny_sd import build_tiny_sd
+
+    return build_tiny_sd(tmp_path_factory.mktemp("tiny_sd"))

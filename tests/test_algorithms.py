@@ -1,0 +1,213 @@
+"""Unlearning algorithms: the registry contract, faithfulness to each paper, and resumability."""
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from igmu.algorithms.base import ALGORITHMS, Unlearner, get_algorithm, make_params
+from igmu.algorithms.common import top_fraction_masks
+from igmu.algorithms.esd import esd_target
+from igmu.algorithms.uce import uce_solve
+from igmu.platform.errors import UsageError
+from igmu.platform.generator import load_generator
+from igmu.platform.loop import run_unlearning
+from igmu.platform.run import build_unlearner
+
+# Small enough for CI: few training images, tiny batches.
+TINY = {"steps": 2, "batch_size": 2, "forget_images": 4, "retain_images": 4, "anchor_images": 4,
+        "preserve_prompts": 10, "ddim_steps": 4}
+
+
+def tiny_overrides(name: str, **extra) -> dict:
+    fields = {f.name for f in dataclasses.fields(ALGORITHMS[name].Params)}
+    return {k: v for k, v in {**TINY, **extra}.items() if k in fields}
+
+
+@pytest.fixture
+def world():
+    return load_generator("world", device="cpu")
+
+
+def snapshot(module):
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_contract_world_model(name, world):
+    before = snapshot(world.unet)
+    unlearner = build_unlearner(name, world, "ball", tiny_overrides(name), seed=1)
+    history = run_unlearning(unlearner)
+    assert len(history) == min(2, unlearner.total_steps) == unlearner.step_index
+    assert all(isinstance(v, float) and torch.isfinite(torch.tensor(v)) for h in history for v in h.values())
+    assert any(not torch.equal(before[k], v) for k, v in world.unet.state_dict().items())
+    described = ALGORITHMS[name].describe()
+    assert described["paper"] and described["repo"].startswith("https://")
+    for hp in described["hyperparameters"]:
+        assert hp["doc"] and ("choices" in hp or hp["range"][0] is not None or hp["type"] == "bool")
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_contract_tiny_stable_diffusion(name, tiny_sd_dir):
+    gen = load_generator(str(tiny_sd_dir), device="cpu")
+    unlearner = build_unlearner(name, gen, "a photo of a cat", tiny_overrides(name), seed=0, anchor="a photo")
+    history = run_unlearning(unlearner)
+    assert len(history) == min(2, unlearner.total_steps)
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_state_dict_round_trip_resumes_bit_for_bit(name):
+    def fresh():
+        gen = load_generator("world", device="cpu")
+        u = build_unlearner(name, gen, "hazard", tiny_overrides(name, steps=4), seed=3)
+        u.prepare()
+        return u
+
+    straight = fresh()
+    for _ in range(min(2, straight.total_steps)):
+        straight.step()
+        straight.step_index += 1
+    state = straight.state_dict()
+    run_unlearning(straight, prepared=True)
+
+    resumed = fresh()
+    resumed.load_state_dict(state)
+    run_unlearning(resumed, prepared=True)
+    for (key, a), (_, b) in zip(straight.generator.unet.state_dict().items(),
+                                resumed.generator.unet.state_dict().items()):
+        assert torch.equal(a, b), key
+
+
+def test_esd_target_is_negative_guidance():
+    uncond, cond = torch.randn(2, 4), torch.randn(2, 4)
+    assert torch.allclose(esd_target(uncond, cond, 2.0), uncond - 2.0 * (cond - uncond))
+
+
+def test_esd_loss_matches_the_formula_and_esd_x_touches_only_attn2(world):
+    esd = build_unlearner("esd", world, "ember", tiny_overrides("esd", train_method="xattn"), seed=0)
+    esd.prepare()
+    batch = esd.draw()
+    with torch.no_grad():
+        e0 = esd.frozen_unet(batch["x_t"], batch["t"], encoder_hidden_states=batch["uncond"]).sample
+        ep = esd.frozen_unet(batch["x_t"], batch["t"], encoder_hidden_states=batch["cond"]).sample
+        mine = world.unet(batch["x_t"], batch["t"], encoder_hidden_states=batch["cond"]).sample
+    expected = ((mine - (e0 - esd.params.negative_guidance * (ep - e0))) ** 2).mean()
+    assert torch.allclose(esd.loss(batch), expected, rtol=1e-5)
+    before = snapshot(world.unet)
+    run_unlearning(esd, prepared=True)
+    changed = [k for k, v in world.unet.state_dict().items() if not torch.equal(before[k], v)]
+    assert changed and all("attn2" in k for k in changed)
+
+
+def test_esd_u_leaves_cross_attention_alone(world):
+    esd = build_unlearner("esd", world, "hazard", tiny_overrides("esd", train_method="noxattn"), seed=0)
+    before = snapshot(world.unet)
+    run_unlearning(esd)
+    changed = [k for k, v in world.unet.state_dict().items() if not torch.equal(before[k], v)]
+    assert changed and not any("attn2" in k for k in changed)
+
+
+def test_top_fraction_masks_keep_exactly_the_fraction():
+    scores = {"a": torch.tensor([3.0, 1.0, 1.0, 0.5]), "b": torch.tensor([[1.0, 2.0], [1.0, 0.0]])}
+    masks = top_fraction_masks(scores, 0.5)
+    assert sum(int(m.sum()) for m in masks.values()) == 4
+    assert masks["a"][0] == 1 and masks["b"][0, 1] == 1 and masks["a"][3] == 0
+
+
+def test_salun_mask_fraction_and_masked_gradients_are_zero(world):
+    salun = build_unlearner("salun", world, "ball", tiny_overrides("salun", threshold=0.3), seed=0)
+    salun.prepare()
+    kept = sum(int(m.sum()) for m in salun.masks.values())
+    total = sum(m.numel() for m in salun.masks.values())
+    assert kept == round(0.3 * total)
+    loss = salun.forget_loss(salun.forget_latents[:2], list(salun.task.forget_prompts[:2]),
+                             list(salun.task.pseudo_prompts[:2]))
+    salun.optimizer.zero_grad()
+    loss.backward()
+    salun.mask_gradients()
+    for name, param in salun.trained.items():
+        assert torch.all(param.grad[salun.masks[name] == 0] == 0), name
+
+
+def test_salun_forget_loss_is_random_labelling(world):
+    salun = build_unlearner("salun", world, "ball", tiny_overrides("salun"), seed=0)
+    salun.prepare()
+    clean = salun.forget_latents[:2]
+    prompts, pseudo = list(salun.task.forget_prompts[:2]), list(salun.task.pseudo_prompts[:2])
+    state = salun.rng.get_state()
+    loss = salun.forget_loss(clean, prompts, pseudo)
+    salun.rng.set_state(state)
+    noise = torch.randn(clean.shape, generator=salun.rng)
+    t = torch.randint(0, 1000, (2,), generator=salun.rng)
+    x_t = world.scheduler.add_noise(clean, noise, t)
+    with torch.no_grad():
+        target = world.unet(x_t, t, encoder_hidden_states=world.encode_prompt(pseudo)).sample
+        mine = world.unet(x_t, t, encoder_hidden_states=world.encode_prompt(prompts)).sample
+    assert torch.allclose(loss, F.mse_loss(mine, target), rtol=1e-5)
+
+
+def test_uce_solution_satisfies_its_normal_equations():
+    torch.manual_seed(0)
+    w, c_e, c_g, c_p = torch.randn(6, 5), torch.randn(3, 5), torch.randn(3, 5), torch.randn(7, 5)
+    s_e, s_p, lamb = 0.7, 0.4, 0.2
+    new = uce_solve(w, c_e, c_g, c_p, s_e, s_p, lamb).double()
+    w, c_e, c_g, c_p = w.double(), c_e.double(), c_g.double(), c_p.double()
+    lhs = new @ (lamb * torch.eye(5, dtype=torch.float64) + s_e * c_e.T @ c_e + s_p * c_p.T @ c_p)
+    rhs = lamb * w + s_e * (w @ c_g.T) @ c_e + s_p * (w @ c_p.T) @ c_p
+    assert torch.allclose(lhs, rhs, atol=1e-4)
+
+
+def test_uce_edits_only_cross_attention_keys_and_values(world):
+    before = snapshot(world.unet)
+    uce = build_unlearner("uce", world, "ball", {}, seed=0)
+    losses = run_unlearning(uce)
+    changed = [k for k, v in world.unet.state_dict().items() if not torch.equal(before[k], v)]
+    assert changed and all(("attn2.to_k" in k or "attn2.to_v" in k) for k in changed)
+    assert losses[0]["erase_error_after"] < losses[0]["erase_error_before"]
+
+
+def test_ca_model_based_loss_matches_the_formula(world):
+    ca = build_unlearner("ca", world, "star", tiny_overrides("ca"), seed=0)
+    ca.prepare()
+    batch = ca.draw()
+    with torch.no_grad():
+        anchor = world.unet(batch["x_t"], batch["t"], encoder_hidden_states=world.encode_prompt(batch["anchor"])).sample
+        target = world.unet(batch["x_t"], batch["t"], encoder_hidden_states=world.encode_prompt(batch["target"])).sample
+    assert torch.allclose(ca.losses(batch)["ablation_loss"], F.mse_loss(target, anchor), rtol=1e-5)
+
+
+def test_erasediff_restores_the_inner_loop_copy(world):
+    ed = build_unlearner("erasediff", world, "ball", tiny_overrides("erasediff", inner_lr=0.05), seed=0)
+    ed.prepare()
+    before = {n: p.detach().clone() for n, p in ed.trained.items()}
+    forget_star = ed.lower_level([0, 1])
+    assert forget_star > 0
+    assert all(torch.equal(before[n], p) for n, p in ed.trained.items())
+
+
+def test_unknown_algorithm_suggests_close_names():
+    with pytest.raises(UsageError, match="did you mean salun"):
+        get_algorithm("salunn")
+
+
+def test_bad_hyperparameters_name_key_type_and_range():
+    cls = get_algorithm("esd")
+    with pytest.raises(UsageError, match=r"unknown hyperparameter 'etaa'.*valid: lr"):
+        make_params(cls, {"etaa": "1"})
+    with pytest.raises(UsageError, match=r"esd.lr=5.0 is out of range; valid: float in \[1e-07, 0.1\]"):
+        make_params(cls, {"lr": "5"})
+    with pytest.raises(UsageError, match="esd.steps='many' is not a valid int"):
+        make_params(cls, {"steps": "many"})
+    with pytest.raises(UsageError, match="valid: full, xattn, noxattn, xattn-kv"):
+        make_params(cls, {"train_method": "attn"})
+
+
+def test_a_category_an_algorithm_cannot_handle_is_refused(world):
+    class ObjectsOnly(Unlearner):
+        categories = ("object",)
+        name = "objects-only"
+
+    from igmu.algorithms.task import world_task
+    with pytest.raises(UsageError, match="cannot unlearn a 'style' target; valid categories: object"):
+        ObjectsOnly(world, world_task("ember"))

@@ -1,0 +1,89 @@
+"""The CLI: JSON output shapes and the one-line, exit-code-2 contract for bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def igmu(*args):
+    return subprocess.run([sys.executable, "-m", "igmu.platform.cli", *args], capture_output=True, text=True)
+
+
+def test_concepts_json_shape():
+    result = igmu("world", "concepts", "--json")
+    assert result.returncode == 0
+    rows = json.loads(result.stdout)
+    assert {"name", "category", "related", "synonyms", "translations"} == set(rows[0])
+    assert {r["category"] for r in rows} == {"object", "style", "sensitive", "character"}
+
+
+def test_every_group_has_help():
+    for args in ([], ["world"]):
+        result = igmu(*args, "--help")
+        assert result.returncode == 0 and "Usage:" in result.stdout
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["world", "prompts", "bal"], "did you mean ball"),
+    (["world", "check", "--model", "no/such/dir"], "does not exist"),
+    (["world", "check", "--judge-images", "-3"], "--judge-images"),
+    (["world", "nope"], "nope"),
+    (["eval", "--target", "bal"], "did you mean ball"),
+    (["eval", "--target", "ball", "--budget", "medium"], "valid: small, full"),
+    (["eval", "--target", "ball", "--model", "missing/dir/x"], "does not exist"),
+    (["run", "--algorithm", "esdd", "--target", "ball"], "did you mean esd"),
+    (["run", "--algorithm", "esd", "--target", "ball", "--set", "eta=2"], "unknown hyperparameter 'eta'"),
+    (["run", "--algorithm", "esd", "--target", "ball", "--set", "lr=7"], "out of range"),
+    (["run", "--algorithm", "esd", "--target", "ball", "--set", "lr"], "not key=value"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(args, needle):
+    result = igmu(*args)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_corrupt_model_weights_are_one_line_exit_2(tmp_path):
+    import shutil
+
+    from igmu.platform.generator import world_model_dir
+
+    shutil.copytree(world_model_dir(), tmp_path / "m")
+    (tmp_path / "m" / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"garbage")
+    result = igmu("eval", "--target", "ball", "--model", str(tmp_path / "m"))
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "cannot load model folder" in result.stderr
+
+
+def test_algorithms_lists_the_registry():
+    from igmu.algorithms.base import ALGORITHMS
+
+    rows = json.loads(igmu("algorithms", "--json").stdout)
+    assert [r["name"] for r in rows] == sorted(ALGORITHMS)
+    assert all(r["hyperparameters"] and r["paper"] for r in rows)
+
+
+TINY_RUN = {"esd": ["steps=2", "ddim_steps=4"], "salun": ["steps=2", "forget_images=4", "retain_images=4"],
+            "uce": [], "ca": ["steps=2", "anchor_images=4"],
+            "erasediff": ["steps=2", "forget_images=4", "retain_images=4"]}
+
+
+@pytest.mark.parametrize("name", sorted(TINY_RUN))
+def test_run_end_to_end_saves_model_scorecard_and_grid(name, tmp_path):
+    from igmu.algorithms.base import ALGORITHMS
+
+    assert set(TINY_RUN) == set(ALGORITHMS), "every registered algorithm needs an end-to-end run here"
+    sets = [arg for pair in TINY_RUN[name] for arg in ("--set", pair)]
+    result = igmu("run", "--algorithm", name, "--target", "hazard", "--budget", "small", "--json",
+                  "--out", str(tmp_path / "out"), *sets)
+    assert result.returncode == 0, result.stderr
+    card = json.loads(result.stdout)
+    assert set(card["aspects"]) == {"forgetting", "preservation"}
+    assert card["efficiency"]["changed_bytes"] > 0 and card["efficiency"]["seconds"] > 0
+    for path in ("model/unet/diffusion_pytorch_model.safetensors", "changed.safetensors", "scorecard.json",
+                 "config.json", "grid.png"):
+        assert (tmp_path / "out" / path).is_file(), path
+    assert json.loads((tmp_path / "out" / "scorecard.json").read_text())["aspects"] == card["aspects"]
