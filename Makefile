@@ -18,6 +18,7 @@ install: $(BIN)/igmu
 
 demo: $(BIN)/igmu
 	$(BIN)/igmu world check
+	$(BIN)/igmu sweep sweeps/salun.yaml
 
 test: $(BIN)/igmu
 	$(BIN)/python -m pytest -q

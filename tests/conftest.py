@@ -31,3 +31,15 @@ def tiny_sd_dir(tmp_path_factory):
     from tiny_sd import build_tiny_sd
 
     return build_tiny_sd(tmp_path_factory.mktemp("tiny_sd"))
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One real local Ray for the whole test run (starting one costs seconds)."""
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    import ray
+
+    ray.init(num_cpus=4, num_gpus=0, include_dashboard=False, log_to_driver=False,
+             object_store_memory=256 * 1024**2)
+    yield ray
+    ray.shutdown()

@@ -6,25 +6,26 @@ import math
 
 from igmu.metrics.base import ASPECTS, check_budget, metrics_for
 from igmu.metrics.cache import ImageCache
-from igmu.metrics.context import BUDGET_SIZES, EvalContext
+from igmu.metrics.context import BUDGET_SIZES, Budget, EvalContext
 from igmu.metrics.judges import Judge, load_judges
 from igmu.platform.concepts import get_concept
 from igmu.platform.errors import UsageError
 from igmu.platform.generator import Generator, assets_dir, load_generator
 
 
-def build_context(model: Generator, target: str, budget: str = "full", original: Generator | None = None,
+def build_context(model: Generator, target: str, budget: str | Budget = "full", original: Generator | None = None,
                   judges: dict[str, Judge] | None = None, cache: ImageCache | None = None,
                   seed: int = 0) -> EvalContext:
     concept = get_concept(target)
-    check_budget(budget)
+    if not isinstance(budget, Budget):
+        budget = BUDGET_SIZES[check_budget(budget)]
     if model.kind != "world":
         raise UsageError(f"model {model.source!r} is a {model.kind!r} model; the five-aspect scorecard "
                          "currently scores world models only (valid: 'base' or a saved world model folder)")
     return EvalContext(
         target=concept, model=model, original=original or load_generator("world", device=str(model.device)),
         judges=judges or load_judges(assets_dir() / "judges", device=model.device),
-        budget=BUDGET_SIZES[budget], cache=cache or ImageCache(), seed=seed)
+        budget=budget, cache=cache or ImageCache(), seed=seed)
 
 
 def scorecard(ctx: EvalContext) -> dict:
@@ -36,7 +37,7 @@ def scorecard(ctx: EvalContext) -> dict:
             "budget": ctx.budget.name, "seed": ctx.seed, "aspects": aspects}
 
 
-def evaluate(model: Generator, target: str, budget: str = "full", **context) -> dict:
+def evaluate(model: Generator, target: str, budget: str | Budget = "full", **context) -> dict:
     return scorecard(build_context(model, target, budget, **context))
 
 

@@ -1,0 +1,226 @@
+"""`igmu sweep FILE`: Ray Tune + Optuna + ASHA over one sweep file, every trial tracked in MLflow.
+
+Layout of a sweep's outputs, under the results root (`--storage`, `IGMU_RESULTS`, or
+`./igmu-results`, always made absolute because Tune changes each trial's working directory):
+
+    <root>/mlflow.db                 default MLflow store (SQLite, absolute URI)
+    <root>/<sweep>/sweep.json        the MLflow parent run (reused on --resume)
+    <root>/<sweep>/tune/             Tune's experiment: trial checkpoints, searcher state
+    <root>/<sweep>/trials/<id>/      each finished trial's scorecard.json and grid.png
+    <root>/<sweep>/results.parquet   one row per trial
+    <root>/<sweep>/images/           original-model images shared by every trial
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from igmu.platform.sweepfile import Distribution, SweepConfig, check_resources
+from igmu.platform.tracking import (MlflowTracker, default_tracking_uri, finish_parent, start_parent_run,
+                                    SWEEP_TAG)
+
+RESULTS_ENV = "IGMU_RESULTS"
+# JSON {budget: {forget: n, retain: n, ...}}: smaller evaluation budgets for smoke runs and tests.
+BUDGET_SIZES_ENV = "IGMU_BUDGET_SIZES"
+DEFAULT_RESULTS = "igmu-results"
+
+
+@dataclass
+class SweepOutcome:
+    name: str
+    sweep_dir: Path
+    table: Path
+    tracking_uri: str
+    parent_run_id: str
+    rows: list[dict]
+
+
+def results_root(storage: str | None = None) -> Path:
+    return Path(storage or os.environ.get(RESULTS_ENV, DEFAULT_RESULTS)).expanduser().resolve()
+
+
+def max_steps(config: SweepConfig) -> int:
+    """The longest trial the space allows (sets ASHA's max_t)."""
+    from igmu.algorithms.base import get_algorithm
+
+    longest = 1
+    for name, space in config.algorithms.items():
+        cls = get_algorithm(name)
+        steps = space.params.get("steps")
+        if isinstance(steps, Distribution):
+            steps = max(steps.args) if steps.kind in ("choice", "grid") else steps.args[1]
+        if steps is None:
+            steps = _default_steps(cls)
+        longest = max(longest, int(steps))
+    return longest
+
+
+def _default_steps(cls) -> int:
+    fields = {f.name: f.default for f in dataclasses.fields(cls.Params)}
+    return int(fields.get("steps", 1))
+
+
+def make_search_alg(config: SweepConfig):
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+
+    from igmu.platform.space import optuna_objectives
+
+    search = config.search
+    if search.sampler in ("random", "grid"):
+        return BasicVariantGenerator(random_state=search.seed, max_concurrent=search.max_concurrent)
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    metrics, modes = optuna_objectives(config)
+    sampler = (optuna.samplers.TPESampler(seed=search.seed) if search.sampler == "tpe"
+               else optuna.samplers.NSGAIISampler(seed=search.seed))
+    single = len(metrics) == 1
+    searcher = OptunaSearch(metric=metrics[0] if single else metrics, mode=modes[0] if single else modes,
+                            sampler=sampler)
+    return ConcurrencyLimiter(searcher, max_concurrent=search.max_concurrent)
+
+
+def make_scheduler(config: SweepConfig, max_t: int):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler
+
+    from igmu.platform.space import scheduler_metric
+
+    stop = config.early_stop
+    metric, mode = scheduler_metric(config)
+    if stop.scheduler == "asha":
+        return ASHAScheduler(time_attr="training_iteration", metric=metric, mode=mode, max_t=max_t,
+                             grace_period=min(stop.grace_period, max_t), reduction_factor=stop.reduction_factor)
+    if stop.scheduler == "hyperband":
+        return HyperBandScheduler(time_attr="training_iteration", metric=metric, mode=mode, max_t=max_t,
+                                  reduction_factor=stop.reduction_factor)
+    return FIFOScheduler()
+
+
+def trial_settings(config: SweepConfig, sweep_dir: Path, **extra) -> dict:
+    """Fixed, JSON-safe settings every trial reads from `config['igmu']`."""
+    return {"model": config.model, "target": config.target, "anchor": config.anchor, "seed": config.search.seed,
+            "eval_every": config.early_stop.eval_every, "interim_budget": config.eval.interim,
+            "final_budget": config.eval.final, "objectives": list(config.objectives),
+            "out_dir": str(sweep_dir / "trials"), "cache_dir": str(sweep_dir / "images"),
+            "threads": max(1, int(config.resources.cpu)), **_budget_sizes_from_env(), **extra}
+
+
+def _budget_sizes_from_env() -> dict:
+    text = os.environ.get(BUDGET_SIZES_ENV)
+    return {"budget_sizes": json.loads(text)} if text else {}
+
+
+def init_ray(address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address)
+    else:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+
+
+def run_sweep(config: SweepConfig, *, address: str | None = None, storage: str | None = None,
+              tracking_uri: str | None = None, resume: bool = False, verbose: int = 1,
+              extra_settings: dict | None = None) -> SweepOutcome:
+    import ray
+    from mlflow.tracking import MlflowClient
+    from ray import tune
+
+    from igmu.platform.space import to_tune_space
+    from igmu.platform.trainable import SETTINGS_KEY, evaluations, run_trial
+
+    root = results_root(storage)
+    sweep_dir = root / config.name
+    uri = tracking_uri or config.tracking.uri or default_tracking_uri(root)
+    init_ray(address)
+    check_resources(config, available_gpus=float(ray.cluster_resources().get("GPU", 0)))
+    client = MlflowClient(uri)
+    experiment_id, parent = start_parent_run(client, config.tracking.experiment or config.name, config.name,
+                                             sweep_dir / "sweep.json", Path(config.path).read_text())
+    from igmu.platform.concepts import get_concept
+
+    category = get_concept(config.target).category if config.model == "world" else "prompt"
+    tracker = MlflowTracker(uri, experiment_id, parent, tags={SWEEP_TAG: config.name, "target": config.target,
+                                                              "category": category})
+    space = {**to_tune_space(config), SETTINGS_KEY: trial_settings(config, sweep_dir, **(extra_settings or {}))}
+    trainable = tune.with_resources(run_trial, {"cpu": config.resources.cpu, "gpu": config.resources.gpu})
+    tune_dir = sweep_dir / "tune"
+    if resume and tune.Tuner.can_restore(str(tune_dir)):
+        tuner = tune.Tuner.restore(str(tune_dir), trainable, resume_unfinished=True, resume_errored=True,
+                                   param_space=space)
+    else:
+        max_t = evaluations(max_steps(config), config.early_stop.eval_every)
+        tuner = tune.Tuner(
+            trainable, param_space=space,
+            tune_config=tune.TuneConfig(search_alg=make_search_alg(config), scheduler=make_scheduler(config, max_t),
+                                        num_samples=config.search.num_samples,
+                                        max_concurrent_trials=config.search.max_concurrent),
+            run_config=tune.RunConfig(name="tune", storage_path=str(sweep_dir), callbacks=[tracker], verbose=verbose,
+                                      failure_config=tune.FailureConfig(max_failures=2),
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+    grid = tuner.fit()
+    rows = result_rows(grid, MlflowClient(uri), experiment_id, parent)
+    table = write_table(rows, sweep_dir / "results.parquet")
+    finish_parent(client, parent)
+    return SweepOutcome(config.name, sweep_dir, table, uri, parent, rows)
+
+
+def result_rows(grid, client, experiment_id: str, parent_run_id: str) -> list[dict]:
+    """One row per trial, joined with its MLflow run (found by tag, so resumed sweeps join too)."""
+    from igmu.algorithms.base import get_algorithm, make_params
+    from igmu.metrics.base import ASPECTS
+    from igmu.platform.space import trial_params
+    from igmu.platform.tracking import PARENT_TAG, TRIAL_TAG
+
+    runs = {r.data.tags.get(TRIAL_TAG): r for r in client.search_runs(
+        [experiment_id], f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=10_000)}
+    rows = []
+    for result in grid:
+        metrics = result.metrics or {}
+        trial_id = metrics.get("trial_id")
+        algorithm, overrides = trial_params(result.config)
+        params = dataclasses.asdict(make_params(get_algorithm(algorithm), overrides))
+        run = runs.get(trial_id)
+        done = bool(metrics.get("done"))
+        status = "error" if result.error else ("finished" if done else "early_stopped")
+        row = {"trial_id": trial_id, "algorithm": algorithm,
+               **{f"param_{k}": (str(v) if isinstance(v, str) else v) for k, v in params.items()},
+               "status": status, "early_stopped": status == "early_stopped", "steps": metrics.get("step"),
+               **{aspect: (float(metrics[aspect]) if done and aspect in metrics else math.nan) for aspect in ASPECTS},
+               "forget_retain_hmean": metrics.get("forget_retain_hmean", math.nan),
+               "efficiency_seconds": metrics.get("efficiency_seconds", math.nan),
+               "trial_seconds": metrics.get("time_total_s", math.nan),
+               "mlflow_run_id": run.info.run_id if run else None}
+        rows.append(row)
+    return rows
+
+
+def write_table(rows: list[dict], path: Path) -> Path:
+    import pandas as pd
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".parquet.tmp")
+    pd.DataFrame(rows).to_parquet(partial, index=False)
+    os.replace(partial, path)
+    return path
+
+
+def load_table(sweep: str, storage: str | None = None):
+    """A sweep's results table, by sweep name (under the results root) or a Parquet path."""
+    import pandas as pd
+
+    from igmu.platform.errors import UsageError
+
+    path = Path(sweep)
+    if path.suffix != ".parquet":
+        path = results_root(storage) / sweep / "results.parquet"
+    if not path.is_file():
+        raise UsageError(f"no results table for {sweep!r} (looked at {path}); valid: a sweep name or a .parquet file")
+    return pd.read_parquet(path)
