@@ -121,7 +121,7 @@ def test_salun_mask_fraction_and_masked_gradients_are_zero(world):
     kept = sum(int(m.sum()) for m in salun.masks.values())
     total = sum(m.numel() for m in salun.masks.values())
     assert kept == round(0.3 * total)
-    loss = salun.forget_loss(salun.forget_latents[:2], list(salun.task.forget_prompts[:2]),
+    loss = salun.forget_loss(salun.forget.latents[:2], list(salun.task.forget_prompts[:2]),
                              list(salun.task.pseudo_prompts[:2]))
     salun.optimizer.zero_grad()
     loss.backward()
@@ -133,7 +133,7 @@ def test_salun_mask_fraction_and_masked_gradients_are_zero(world):
 def test_salun_forget_loss_is_random_labelling(world):
     salun = build_unlearner("salun", world, "ball", tiny_overrides("salun"), seed=0)
     salun.prepare()
-    clean = salun.forget_latents[:2]
+    clean = salun.forget.latents[:2]
     prompts, pseudo = list(salun.task.forget_prompts[:2]), list(salun.task.pseudo_prompts[:2])
     state = salun.rng.get_state()
     loss = salun.forget_loss(clean, prompts, pseudo)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from igmu.algorithms.base import CommonParams, Unlearner, hyperparameter, register_algorithm
-from igmu.algorithms.common import ParameterSet, noised, pick, training_images
+from igmu.algorithms.common import ParameterSet, noised, pick, prompt_images
 
 
 @dataclass
@@ -39,15 +39,14 @@ class ConceptAblation(Unlearner):
 
     def prepare(self) -> None:
         task = self.task
-        self.index = [i % len(task.forget_prompts) for i in range(self.params.anchor_images)]
-        self.anchor_latents = training_images(self.generator, [task.anchor_prompts[i] for i in self.index],
-                                              self.seed + 1)
+        # anchor_prompts[i] is forget_prompts[i] without the target, so one index serves both.
+        self.anchor = prompt_images(self.generator, task.anchor_prompts, self.params.anchor_images, self.seed + 1)
         self.train_unet_parameters(self.params.train_method)
 
     def draw(self) -> dict:
-        chosen = pick(tuple(self.index), self.params.batch_size, self.rng)
-        x_t, t, noise = noised(self.generator, self.anchor_latents[chosen], self.rng)
-        ids = [self.index[i] for i in chosen]
+        chosen = pick(tuple(self.anchor.index), self.params.batch_size, self.rng)
+        x_t, t, noise = noised(self.generator, self.anchor.latents[chosen], self.rng)
+        ids = [self.anchor.index[i] for i in chosen]
         return {"x_t": x_t, "t": t, "noise": noise,
                 "target": [self.task.forget_prompts[i] for i in ids],
                 "anchor": [self.task.anchor_prompts[i] for i in ids]}

@@ -4,6 +4,7 @@ training images and the diffusion loss. One copy here instead of one per algorit
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -73,6 +74,20 @@ def top_fraction_masks(scores: dict[str, torch.Tensor], fraction: float) -> dict
 
 def pick(prompts: tuple[str, ...], n: int, rng: torch.Generator) -> list[int]:
     return torch.randint(0, len(prompts), (n,), generator=rng).tolist()
+
+
+@dataclass
+class PromptImages:
+    """Original-model images of a prompt list (cycled to the requested count), as clean latents;
+    `index[i]` is the prompt that made `latents[i]`."""
+
+    index: list[int]
+    latents: torch.Tensor
+
+
+def prompt_images(generator: Generator, prompts: tuple[str, ...], n: int, seed: int) -> PromptImages:
+    index = [i % len(prompts) for i in range(n)]
+    return PromptImages(index, training_images(generator, [prompts[i] for i in index], seed))
 
 
 @torch.no_grad()

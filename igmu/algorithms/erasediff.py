@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from igmu.algorithms.base import CommonParams, Unlearner, hyperparameter, register_algorithm
-from igmu.algorithms.common import ParameterSet, diffusion_loss, noised, pick, training_images
+from igmu.algorithms.common import ParameterSet, diffusion_loss, noised, pick, prompt_images
 
 
 @dataclass
@@ -38,19 +38,15 @@ class EraseDiff(Unlearner):
 
     def prepare(self) -> None:
         p, task = self.params, self.task
-        self.forget_index = [i % len(task.forget_prompts) for i in range(p.forget_images)]
-        self.retain_index = [i % len(task.retain_prompts) for i in range(p.retain_images)]
-        self.forget_latents = training_images(self.generator, [task.forget_prompts[i] for i in self.forget_index],
-                                              self.seed + 1)
-        self.retain_latents = training_images(self.generator, [task.retain_prompts[i] for i in self.retain_index],
-                                              self.seed + 2)
+        self.forget = prompt_images(self.generator, task.forget_prompts, p.forget_images, self.seed + 1)
+        self.retain = prompt_images(self.generator, task.retain_prompts, p.retain_images, self.seed + 2)
         self.train_unet_parameters(p.train_method)
 
     def forget_loss(self, chosen: list[int]) -> torch.Tensor:
         """L_f = || eps_theta(x_t^f, c_f) - sg[eps_theta(x_t^f, c_pseudo)] ||^2"""
         gen = self.generator
-        ids = [self.forget_index[i] for i in chosen]
-        x_t, t, _ = noised(gen, self.forget_latents[chosen], self.rng)
+        ids = [self.forget.index[i] for i in chosen]
+        x_t, t, _ = noised(gen, self.forget.latents[chosen], self.rng)
         with torch.no_grad():
             pseudo = gen.unet(x_t, t, encoder_hidden_states=gen.encode_prompt(
                 [self.task.pseudo_prompts[i] for i in ids])).sample
@@ -77,13 +73,13 @@ class EraseDiff(Unlearner):
 
     def step(self) -> dict[str, float]:
         p, task = self.params, self.task
-        chosen = pick(tuple(self.forget_index), p.batch_size, self.rng)
+        chosen = pick(tuple(self.forget.index), p.batch_size, self.rng)
         forget_star = self.lower_level(chosen)
         # 3. L = L_DM(retain) + lambda (L_f - L_f*)
         forget = self.forget_loss(chosen)
-        r = pick(tuple(self.retain_index), p.batch_size, self.rng)
-        retain = diffusion_loss(self.generator, self.retain_latents[r],
-                                [task.retain_prompts[self.retain_index[i]] for i in r], self.rng)
+        r = pick(tuple(self.retain.index), p.batch_size, self.rng)
+        retain = diffusion_loss(self.generator, self.retain.latents[r],
+                                [task.retain_prompts[self.retain.index[i]] for i in r], self.rng)
         loss = retain + p.lambda_bome * (forget - forget_star)
         self.update(loss)
         return {"loss": float(loss.detach()), "forget_loss": float(forget.detach()), "forget_loss_star": forget_star,

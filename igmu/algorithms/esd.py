@@ -22,8 +22,8 @@ class ESDParams(CommonParams):
     batch_size: int = hyperparameter(4, 1, 256, "forget prompts per step")
     train_method: ParameterSet = hyperparameter("xattn", doc="xattn = ESD-x, noxattn = ESD-u")
     negative_guidance: float = hyperparameter(1.0, 0.0, 10.0, "eta: how far to push away from the concept")
-    start_guidance: float = hyperparameter(3.0, 1.0, 20.0, "CFG scale of the partial sampling")
-    ddim_steps: int = hyperparameter(20, 2, 1000, "sampler steps; x_t is taken at a random one")
+    start_guidance: float = hyperparameter(2.0, 1.0, 20.0, "CFG scale of the partial sampling")
+    ddim_steps: int = hyperparameter(10, 2, 1000, "sampler steps; x_t is taken at a random one")
 
 
 def esd_target(frozen_uncond: torch.Tensor, frozen_cond: torch.Tensor, eta: float) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from igmu.algorithms.base import CommonParams, Unlearner, hyperparameter, register_algorithm
 from igmu.algorithms.common import (ParameterSet, apply_masks, diffusion_loss, noised, pick, top_fraction_masks,
-                                    training_images)
+                                    prompt_images)
 
 
 @dataclass
@@ -39,12 +39,8 @@ class SalUn(Unlearner):
 
     def prepare(self) -> None:
         p, task = self.params, self.task
-        self.forget_index = [i % len(task.forget_prompts) for i in range(p.forget_images)]
-        self.retain_index = [i % len(task.retain_prompts) for i in range(p.retain_images)]
-        self.forget_latents = training_images(self.generator, [task.forget_prompts[i] for i in self.forget_index],
-                                              self.seed + 1)
-        self.retain_latents = training_images(self.generator, [task.retain_prompts[i] for i in self.retain_index],
-                                              self.seed + 2)
+        self.forget = prompt_images(self.generator, task.forget_prompts, p.forget_images, self.seed + 1)
+        self.retain = prompt_images(self.generator, task.retain_prompts, p.retain_images, self.seed + 2)
         self.train_unet_parameters(p.train_method)
         self.masks = self.saliency_masks()
 
@@ -52,9 +48,9 @@ class SalUn(Unlearner):
         """|grad| of the guided forget loss, one pass over the forget set; keep the top `threshold`."""
         gen, w = self.generator, self.params.mask_guidance
         scores = {name: torch.zeros_like(param) for name, param in self.trained.items()}
-        for start in range(0, len(self.forget_latents), self.params.batch_size):
-            clean = self.forget_latents[start:start + self.params.batch_size]
-            prompts = [self.task.forget_prompts[i] for i in self.forget_index[start:start + len(clean)]]
+        for start in range(0, len(self.forget.latents), self.params.batch_size):
+            clean = self.forget.latents[start:start + self.params.batch_size]
+            prompts = [self.task.forget_prompts[i] for i in self.forget.index[start:start + len(clean)]]
             x_t, t, noise = noised(gen, clean, self.rng)
             cond = gen.unet(x_t, t, encoder_hidden_states=gen.encode_prompt(prompts)).sample
             uncond = gen.unet(x_t, t, encoder_hidden_states=gen.encode_prompt([""] * len(clean))).sample
@@ -80,14 +76,14 @@ class SalUn(Unlearner):
     def step(self) -> dict[str, float]:
         p, task = self.params, self.task
         # 1. forget loss on a batch of forget images, relabelled with the pseudo prompt
-        f = pick(tuple(self.forget_index), p.batch_size, self.rng)
-        prompt_ids = [self.forget_index[i] for i in f]
-        forget = self.forget_loss(self.forget_latents[f], [task.forget_prompts[i] for i in prompt_ids],
+        f = pick(tuple(self.forget.index), p.batch_size, self.rng)
+        prompt_ids = [self.forget.index[i] for i in f]
+        forget = self.forget_loss(self.forget.latents[f], [task.forget_prompts[i] for i in prompt_ids],
                                   [task.pseudo_prompts[i] for i in prompt_ids])
         # 2. retain loss: the ordinary diffusion loss on retain images
-        r = pick(tuple(self.retain_index), p.batch_size, self.rng)
-        retain = diffusion_loss(self.generator, self.retain_latents[r],
-                                [task.retain_prompts[self.retain_index[i]] for i in r], self.rng)
+        r = pick(tuple(self.retain.index), p.batch_size, self.rng)
+        retain = diffusion_loss(self.generator, self.retain.latents[r],
+                                [task.retain_prompts[self.retain.index[i]] for i in r], self.rng)
         # 3. L = L_f + alpha L_r, with gradients masked to the salient weights
         loss = forget + p.alpha * retain
         self.update(loss)

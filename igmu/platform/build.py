@@ -31,6 +31,8 @@ class BuildConfig:
     warmup_steps: int = 200
     ema_decay: float = 0.999
     log_every: int = 100
+    # Continue from an existing generator folder instead of a fresh model (a second, lower-lr stage).
+    init_from: str | None = None
 
 
 def _to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -112,6 +114,15 @@ def new_world_generator(seed: int) -> Generator:
     return Generator(unet, CLIPTextModel(text_config), tokenizer, scheduler, codec, kind="world")
 
 
+def _continue_from(folder: str) -> Generator:
+    from igmu.platform.generator import load_generator
+
+    gen = load_generator(folder, device="cpu")
+    for module in (gen.unet, gen.text_encoder):
+        module.requires_grad_(True)
+    return gen
+
+
 def _lr_factor(step: int, config: BuildConfig) -> float:
     if step < config.warmup_steps:
         return (step + 1) / config.warmup_steps
@@ -121,8 +132,8 @@ def _lr_factor(step: int, config: BuildConfig) -> float:
 
 def train_generator(config: BuildConfig, log=print) -> Generator:
     """Denoising score matching (epsilon prediction) on world renders, text encoder trained jointly."""
-    gen = new_world_generator(config.seed)
-    rng = np.random.default_rng(config.seed + 1)
+    gen = new_world_generator(config.seed) if config.init_from is None else _continue_from(config.init_from)
+    rng = np.random.default_rng(config.seed + 1 + (config.init_from is not None))
     modules = torch.nn.ModuleList([gen.unet, gen.text_encoder]).train()
     ema = copy.deepcopy(modules).requires_grad_(False)
     optimizer = torch.optim.AdamW(modules.parameters(), lr=config.generator_lr, weight_decay=1e-4)

@@ -105,9 +105,12 @@ def world_check(as_json: bool, model: str, judge_images: int, generator_images: 
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--judge-steps", default=None, type=click.IntRange(1), help="Judge training steps.")
 @click.option("--generator-steps", default=None, type=click.IntRange(1), help="Generator training steps.")
+@click.option("--generator-lr", default=None, type=click.FloatRange(1e-6, 1e-1), help="Generator peak learning rate.")
+@click.option("--init-from", default=None, type=click.Path(file_okay=False, exists=True),
+              help="Continue training this generator folder instead of starting from scratch.")
 @click.option("--only", type=click.Choice(["judges", "generator"]), default=None, help="Build one part only.")
 def world_build(out: Path | None, seed: int, judge_steps: int | None, generator_steps: int | None,
-                only: str | None) -> None:
+                generator_lr: float | None, init_from: str | None, only: str | None) -> None:
     """Train the judges and the base generator from scratch, seeded, and save them as safetensors."""
     _quiet_libraries()
     from igmu.platform.build import BuildConfig, build_world
@@ -118,6 +121,9 @@ def world_build(out: Path | None, seed: int, judge_steps: int | None, generator_
         config.judge_steps = judge_steps
     if generator_steps:
         config.generator_steps = generator_steps
+    if generator_lr:
+        config.generator_lr = generator_lr
+    config.init_from = init_from
     parts = (only,) if only else ("judges", "generator")
     timings = build_world(out or assets_dir(), config, log=lambda line: click.echo(line, err=True), parts=parts)
     click.echo(json.dumps(timings))
@@ -240,6 +246,25 @@ def sweep_command(sweep_file: Path, address: str | None, storage: str | None, tr
 
     outcome = run_sweep(config, address=address, storage=storage, tracking_uri=tracking_uri, resume=resume)
     click.echo(_sweep_summary(outcome, config))
+    _show_front(outcome, config, storage)
+
+
+def _show_front(outcome, config, storage: str | None) -> None:
+    """Print the Pareto front and log its plot to the parent run (issue: the sweep ends with it)."""
+    from igmu.platform.cli_analysis import record_sweep_front
+    from igmu.platform.frontier import compute_frontier, front_summary, load_sweep_table, locate_sweep
+
+    click.echo(front_summary(outcome.rows, config.objectives))
+    source = locate_sweep(config.name, storage, outcome.tracking_uri)
+    try:
+        frontier = compute_frontier(load_sweep_table(source), list(config.objectives), False,
+                                    label=f"sweep {config.name!r}")
+    except UsageError as err:  # e.g. no trial was scored: nothing to plot, the summary said why
+        click.echo(f"igmu: note: no Pareto plot: {err}", err=True)
+        return
+    note = record_sweep_front(source, frontier)
+    if note:
+        click.echo(f"igmu: note: {note}", err=True)
 
 
 def _sweep_summary(outcome, config) -> str:
@@ -293,6 +318,12 @@ def ui_command(tracking_uri: str | None, storage: str | None, port: int) -> None
 
     uri = tracking_uri or default_tracking_uri(results_root(storage))
     sys.exit(subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--port", str(port)]))
+
+
+from igmu.platform.cli_analysis import compare_command, pareto_command  # noqa: E402  (registered below)
+
+cli.add_command(pareto_command)
+cli.add_command(compare_command)
 
 
 def main(argv: list[str] | None = None) -> int:
