@@ -11,7 +11,7 @@ from igmu.platform.concepts import get_concept
 from igmu.platform.generator import load_generator
 
 # A smaller "full" budget: every aspect, fewer images, so CI stays fast.
-CI_FULL = Budget("full", forget=24, retain=48, related=24, paraphrase=24, attack_prompts=6, attack_steps=30)
+CI_FULL = Budget("full", forget=48, retain=48, related=24, paraphrase=24, attack_prompts=6, attack_steps=30)
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def damaged_card(world_generator, judges):
     torch.manual_seed(0)
     with torch.no_grad():
         for param in damaged.unet.parameters():
-            param.add_(0.1 * param.std() * torch.randn_like(param))
+            param.add_(0.2 * param.std() * torch.randn_like(param))
     damaged.source = "damaged"
     return scorecard(build_context(damaged, "ball", CI_FULL, original=world_generator, judges=judges))
 

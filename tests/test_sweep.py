@@ -29,7 +29,7 @@ def write_sweep(folder, name, samples=4, steps=6):
         target: hazard
         algorithm: esd
         params:
-          lr: {{loguniform: [1.0e-4, 3.0e-3]}}
+          lr: {{loguniform: [1.0e-4, 3.0e-2]}}
           steps: {steps}
           ddim_steps: 4
           batch_size: 2
@@ -49,7 +49,7 @@ def children(client, outcome):
 @pytest.fixture(scope="module")
 def finished_sweep(ray_session, tmp_path_factory):
     folder = tmp_path_factory.mktemp("sweep")
-    config = load_sweep(write_sweep(folder, "esd-tiny"))
+    config = load_sweep(write_sweep(folder, "esd-tiny", samples=6))
     outcome = run_sweep(config, storage=str(folder / "results"), verbose=0,
                         extra_settings={"budget_sizes": TINY_BUDGETS,
                                         "fail_once_marker": str(folder / "failed-once")})
@@ -62,8 +62,8 @@ def test_every_trial_is_a_nested_mlflow_run_with_its_scores(finished_sweep):
     outcome, _ = finished_sweep
     client = MlflowClient(outcome.tracking_uri)
     runs = children(client, outcome)
-    assert len(runs) == 4
-    assert len({r.data.tags[TRIAL_TAG] for r in runs}) == 4
+    assert len(runs) == 6
+    assert len({r.data.tags[TRIAL_TAG] for r in runs}) == 6
     parent = client.get_run(outcome.parent_run_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["igmu.sweep"] == "esd-tiny"
     for run in runs:
@@ -85,7 +85,7 @@ def test_the_parquet_table_matches_mlflow(finished_sweep):
     outcome, _ = finished_sweep
     table = pd.read_parquet(outcome.table)
     runs = {r.info.run_id: r for r in children(MlflowClient(outcome.tracking_uri), outcome)}
-    assert len(table) == 4 and set(table.mlflow_run_id) == set(runs)
+    assert len(table) == 6 and set(table.mlflow_run_id) == set(runs)
     for row in table.itertuples():
         run = runs[row.mlflow_run_id]
         assert run.data.tags["status"] == row.status
@@ -99,7 +99,7 @@ def test_the_parquet_table_matches_mlflow(finished_sweep):
 def test_a_trial_that_raises_once_is_retried_from_its_checkpoint(finished_sweep):
     outcome, folder = finished_sweep
     assert (folder / "failed-once").read_text() == "failed once"
-    assert len(outcome.rows) == 4 and all(r["status"] in ("finished", "early_stopped") for r in outcome.rows)
+    assert len(outcome.rows) == 6 and all(r["status"] in ("finished", "early_stopped") for r in outcome.rows)
 
 
 def test_asha_stopped_at_least_one_trial(finished_sweep):

@@ -105,7 +105,7 @@ def test_quickstart_is_what_the_readme_promises():
     config = load_sweep(SWEEPS / "salun.yaml")
     assert (config.model, config.target, list(config.algorithms)) == ("world", "ball", ["salun"])
     params = config.algorithms["salun"].params
-    assert params["lr"] == Distribution("loguniform", (3e-5, 1e-3))
+    assert params["lr"] == Distribution("loguniform", (1e-5, 3e-4))
     assert params["alpha"] == Distribution("uniform", (0.1, 2.0))
     assert params["threshold"] == Distribution("uniform", (0.2, 0.8))
     assert params["steps"] == 100
@@ -158,12 +158,12 @@ def test_single_algorithm_space_has_the_right_domains():
     params = space["params"]
     lr, alpha = params["lr"], params["alpha"]
     assert isinstance(lr, Float) and isinstance(lr.get_sampler(), LogUniform)
-    assert (lr.lower, lr.upper) == (3e-5, 1e-3)
+    assert (lr.lower, lr.upper) == (1e-5, 3e-4)
     assert isinstance(alpha, Float) and isinstance(alpha.get_sampler(), Uniform)
     assert (alpha.lower, alpha.upper) == (0.1, 2.0)
     assert params["steps"] == 100
     samples = lr.sample(size=200, random_state=np.random.default_rng(0))
-    assert min(samples) >= 3e-5 and max(samples) <= 1e-3
+    assert min(samples) >= 1e-5 and max(samples) <= 3e-4
 
 
 def test_int_range_is_inclusive_of_both_ends():

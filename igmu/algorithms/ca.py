@@ -16,14 +16,14 @@ from igmu.algorithms.common import ParameterSet, noised, pick, prompt_images
 class CAParams(CommonParams):
     """Official: lr 2e-6 x batch x GPUs (scale_lr), batch 4, 100 steps on 2 GPUs (200 on one),
     AdamW, cross-attn k/v, 200-1000 anchor images, prior loss weight 1. Rescaled for the world
-    model: lr 1e-3, 150 steps, batch 8, 48 anchor images."""
+    model: lr 4e-4, 150 steps, batch 8, 48 anchor images, prior preservation on."""
 
-    lr: float = hyperparameter(1e-3, 1e-7, 1e-1, "Adam learning rate", log=True)
+    lr: float = hyperparameter(4e-4, 1e-7, 1e-1, "Adam learning rate", log=True)
     steps: int = hyperparameter(150, 1, 100_000, "optimisation steps")
     batch_size: int = hyperparameter(8, 1, 256, "anchor images per step")
     loss_type: Literal["model", "noise"] = hyperparameter("model", doc="model-based or noise-based target")
     train_method: ParameterSet = hyperparameter("xattn-kv", doc="xattn-kv is CA's 'cross-attn' default")
-    prior_preservation: bool = hyperparameter(False, doc="add the anchor prompt's own diffusion loss")
+    prior_preservation: bool = hyperparameter(True, doc="add the anchor prompt's own diffusion loss")
     prior_loss_weight: float = hyperparameter(1.0, 0.0, 100.0, "weight of the prior-preservation loss")
     anchor_images: int = hyperparameter(48, 1, 100_000, "original-model images of anchor prompts")
 

@@ -15,14 +15,14 @@ from igmu.algorithms.common import (ParameterSet, apply_masks, diffusion_loss, n
 @dataclass
 class SalUnParams(CommonParams):
     """Official (SD): Adam lr 1e-5, 5 epochs, batch 8, full UNet, alpha 0.1 (README command 0.5),
-    mask threshold 0.5, mask CFG 7.5. Rescaled for the world model: lr 1e-4, 150 steps, alpha 0.5;
+    mask threshold 0.5, mask CFG 7.5. Rescaled for the world model: lr 3e-5, 150 steps, alpha 1.0;
     forget/retain images are the original model's samples (as SalUn's NSFW recipe does)."""
 
-    lr: float = hyperparameter(1e-4, 1e-7, 1e-1, "Adam learning rate", log=True)
+    lr: float = hyperparameter(3e-5, 1e-7, 1e-1, "Adam learning rate", log=True)
     steps: int = hyperparameter(150, 1, 100_000, "optimisation steps")
     batch_size: int = hyperparameter(8, 1, 256, "forget and retain images per step")
     train_method: ParameterSet = hyperparameter("full", doc="UNet parameters the mask ranks")
-    alpha: float = hyperparameter(0.5, 0.0, 100.0, "weight of the retain diffusion loss")
+    alpha: float = hyperparameter(1.0, 0.0, 100.0, "weight of the retain diffusion loss")
     threshold: float = hyperparameter(0.5, 0.001, 1.0, "fraction of weights the saliency mask keeps")
     mask_guidance: float = hyperparameter(7.5, 1.0, 20.0, "CFG scale w in the saliency loss")
     forget_images: int = hyperparameter(48, 1, 100_000, "original-model images of forget prompts")

@@ -67,11 +67,12 @@ class EvalContext:
         }
         self.prompt_specs["forget_removed"] = [p.without(self.target) for p in self.prompt_specs["forget"]]
 
-    def images(self, set_name: str, original: bool = False) -> torch.Tensor:
-        """Images of a prompt set from the evaluated model, or (reference seed) the original model."""
+    def images(self, set_name: str, original: bool = False, replica: int = 0) -> torch.Tensor:
+        """Images of a prompt set from the evaluated model, or (reference seeds) the original model;
+        `replica` 1 is a second, independent reference sample (the quality metric's noise floor)."""
         prompts = [p.text for p in self.prompt_specs[set_name]]
         if original:
-            return self.cache.images(self.original, prompts, self.seed + REFERENCE_SEED_OFFSET)
+            return self.cache.images(self.original, prompts, self.seed + (1 + replica) * REFERENCE_SEED_OFFSET)
         return self.cache.images(self.model, prompts, self.seed)
 
     def target_present(self, images: torch.Tensor) -> torch.Tensor:

@@ -23,16 +23,28 @@ def relative_frechet(judges, images: torch.Tensor, reference: torch.Tensor) -> f
     return sum(values) / len(values)
 
 
+def excess_frechet(ctx: EvalContext, set_name: str) -> tuple[float, float]:
+    """(relative FD to the original model, the same for a second original-model sample).
+
+    With tens of images FD has a sizeable positive bias even between two samples of one model; the
+    second figure measures that noise floor on the same prompts, so it can be subtracted."""
+    reference = ctx.images(set_name, original=True)
+    measured = relative_frechet(ctx.judges, ctx.images(set_name), reference)
+    floor = relative_frechet(ctx.judges, ctx.images(set_name, original=True, replica=1), reference)
+    return measured, floor
+
+
 @register_metric("quality", budgets=("full",))
 def quality(ctx: EvalContext) -> MetricResult:
-    """Score = mean over the two prompt sets of exp(-relative FD): 1 for an identical distribution,
-    about 0.37 when the distributions are one reference spread apart."""
-    fd_retain = relative_frechet(ctx.judges, ctx.images("retain"), ctx.images("retain", original=True))
-    fd_removed = relative_frechet(ctx.judges, ctx.images("forget_removed"),
-                                  ctx.images("forget_removed", original=True))
+    """Score = mean over the two prompt sets of exp(-max(0, relative FD - noise floor)): 1 when the
+    images are as close to the original model's as a second sample of the original model is, about
+    0.37 when they are one reference spread further away."""
+    fd_retain, floor_retain = excess_frechet(ctx, "retain")
+    fd_removed, floor_removed = excess_frechet(ctx, "forget_removed")
     # IGMU's own pairing (evaluated model on forget prompts vs original on concept-removed prompts):
     # reported, not scored, since it rewards forgetting rather than image quality.
     fd_igmu = relative_frechet(ctx.judges, ctx.images("forget"), ctx.images("forget_removed", original=True))
-    score = (math.exp(-fd_retain) + math.exp(-fd_removed)) / 2
+    score = (math.exp(-max(0.0, fd_retain - floor_retain)) + math.exp(-max(0.0, fd_removed - floor_removed))) / 2
     return MetricResult(score, {"relative_fd_retain": fd_retain, "relative_fd_concept_removed": fd_removed,
+                                "noise_floor_retain": floor_retain, "noise_floor_concept_removed": floor_removed,
                                 "relative_fd_forget_vs_removed": fd_igmu})

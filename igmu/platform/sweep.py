@@ -178,6 +178,7 @@ def result_rows(grid, client, experiment_id: str, parent_run_id: str) -> list[di
     from igmu.metrics.base import ASPECTS
     from igmu.platform.space import trial_params
     from igmu.platform.tracking import PARENT_TAG, TRIAL_TAG
+    from igmu.platform.trainable import FINAL
 
     runs = {r.data.tags.get(TRIAL_TAG): r for r in client.search_runs(
         [experiment_id], f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=10_000)}
@@ -188,7 +189,7 @@ def result_rows(grid, client, experiment_id: str, parent_run_id: str) -> list[di
         algorithm, overrides = trial_params(result.config)
         params = dataclasses.asdict(make_params(get_algorithm(algorithm), overrides))
         run = runs.get(trial_id)
-        done = bool(metrics.get("done"))
+        done = bool(metrics.get(FINAL))
         status = "error" if result.error else ("finished" if done else "early_stopped")
         row = {"trial_id": trial_id, "algorithm": algorithm,
                **{f"param_{k}": (str(v) if isinstance(v, str) else v) for k, v in params.items()},

@@ -17,6 +17,7 @@ from pathlib import Path
 from ray.tune import Callback
 
 from igmu.metrics.base import ASPECTS
+from igmu.platform.trainable import FINAL
 
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "igmu.trial_id"
@@ -64,7 +65,7 @@ class MlflowTracker(Callback):
         step = int(result.get("step", result.get("training_iteration", 0)))
         metrics = {k: float(v) for k, v in result.items() if k in (*ASPECTS, "forget_retain_hmean")
                    and _finite(v)}
-        if result.get("done"):
+        if result.get(FINAL):
             final = {k: float(v) for k, v in result.items() if (k in ASPECTS or k.startswith("efficiency_")
                                                                or k in ("pre_asr", "post_asr")) and _finite(v)}
             self.client.log_batch(run_id, metrics=_metric_list(final, step))
@@ -74,7 +75,7 @@ class MlflowTracker(Callback):
         self._row(trial)["last_result"] = dict(result)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        done = bool((trial.last_result or {}).get("done"))
+        done = bool((trial.last_result or {}).get(FINAL))
         self._close(trial, "FINISHED", early_stopped=not done)
 
     def on_trial_error(self, iteration, trials, trial, **info):

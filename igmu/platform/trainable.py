@@ -29,6 +29,8 @@ from igmu.platform.space import trial_params
 
 SETTINGS_KEY = "igmu"
 HMEAN = "forget_retain_hmean"
+# Marks the report that carries the full scorecard. Not "done": Tune reserves that result key.
+FINAL = "final"
 STATE_FILE = "state.pt"
 
 
@@ -84,7 +86,7 @@ def run_trial(config: dict) -> None:
 
 def _metrics(card: dict, step: int, final: bool) -> dict:
     scores = {aspect: float(result["score"]) for aspect, result in card["aspects"].items()}
-    metrics = {"step": step, "done": final, **scores,
+    metrics = {"step": step, FINAL: final, **scores,
                HMEAN: harmonic_mean(scores.get("forgetting", 0.0), scores.get("preservation", 0.0))}
     if "robustness" in card["aspects"]:
         metrics["pre_asr"] = card["aspects"]["robustness"]["pre_asr"]
