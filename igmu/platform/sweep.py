@@ -164,7 +164,7 @@ def run_sweep(config: SweepConfig, *, address: str | None = None, storage: str |
                                         max_concurrent_trials=config.search.max_concurrent),
             run_config=tune.RunConfig(name="tune", storage_path=str(sweep_dir), callbacks=[tracker], verbose=verbose,
                                       failure_config=tune.FailureConfig(max_failures=2),
-                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
     grid = tuner.fit()
     rows = result_rows(grid, MlflowClient(uri), experiment_id, parent)
     table = write_table(rows, sweep_dir / "results.parquet")
