@@ -95,3 +95,75 @@ def test_cache_generates_once_and_tracks_weight_changes(world_generator, tmp_pat
     assert torch.equal(first, on_disk)
     other_seed = cache.images(world_generator, ["a neon ball", "a forest box"], seed=8, steps=3)
     assert cache.misses == 2 and not torch.equal(first, other_seed)
+
+
+class RenderCache(ImageCache):
+    """Images that follow their prompts exactly: renders of the prompt's scene (known answers).
+    With `erase`, the evaluated model's images leave that concept out (a perfect unlearner)."""
+
+    def __init__(self, specs, model, erase=None):
+        super().__init__()
+        self.specs, self.model, self.erase = specs, model, erase
+
+    def images(self, generator, prompts, seed, steps=None, guidance=None):
+        from igmu.platform.world import scene_for
+
+        rng = np.random.default_rng(seed)
+        scenes = []
+        for text in prompts:
+            spec = self.specs[text]
+            if self.erase is not None and generator is self.model and spec.mentions(self.erase):
+                spec = spec.without(self.erase)
+            scenes.append(scene_for(spec, rng))
+        return torch.from_numpy(render_batch(scenes)).permute(0, 3, 1, 2)
+
+
+def render_context(judges, world_generator, target, erase=False):
+    from igmu.metrics.context import Budget
+    from igmu.metrics.scorecard import build_context
+    from igmu.platform.generator import load_generator
+
+    model = load_generator("world", device="cpu")
+    budget = Budget("full", forget=24, retain=48, related=24, paraphrase=24, attack_prompts=0)
+    ctx = build_context(model, target, budget, original=world_generator, judges=judges)
+    specs = {p.text: p for specs in ctx.prompt_specs.values() for p in specs}
+    ctx.cache = RenderCache(specs, model, get_concept(target) if erase else None)
+    return ctx
+
+
+def test_aspects_on_images_that_follow_their_prompts(judges, world_generator):
+    from igmu.metrics.alignment import alignment
+    from igmu.metrics.forgetting import forgetting
+    from igmu.metrics.preservation import preservation
+    from igmu.metrics.quality import quality
+
+    ctx = render_context(judges, world_generator, "ball")
+    assert forgetting(ctx).score == 0.0  # every forget image shows the ball
+    kept = preservation(ctx)
+    assert kept.score == 1.0 and kept.raw["in_domain_accuracy"] == 1.0
+    assert alignment(ctx).score == 1.0 and alignment(ctx).raw["relative_change"] == 0.0
+    assert quality(ctx).score >= 0.8  # two samples of one distribution
+
+
+def test_aspects_of_a_perfect_unlearner(judges, world_generator):
+    from igmu.metrics.alignment import alignment
+    from igmu.metrics.forgetting import forgetting
+    from igmu.metrics.preservation import preservation
+    from igmu.metrics.quality import quality
+
+    ctx = render_context(judges, world_generator, "hazard", erase=True)
+    assert forgetting(ctx).score == 1.0 and forgetting(ctx).raw["residual_rate"] == 0.0
+    assert preservation(ctx).score == 1.0
+    assert alignment(ctx).score == 1.0  # object and style still rendered without the hazard
+    fd = quality(ctx).raw
+    # IGMU's pairing (forget prompts vs concept-removed prompts) sees the same scenes: near zero.
+    assert fd["relative_fd_forget_vs_removed"] < 0.5
+
+
+def test_paraphrase_residual_of_images_that_follow_their_prompts(judges, world_generator):
+    from igmu.metrics.context import target_detected
+
+    ctx = render_context(judges, world_generator, "ember")
+    assert target_detected(judges, ctx.target, ctx.images("paraphrase")).float().mean() == 1.0
+    erased = render_context(judges, world_generator, "hazard", erase=True)
+    assert target_detected(judges, erased.target, erased.images("paraphrase")).float().mean() == 0.0

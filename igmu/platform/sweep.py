@@ -40,8 +40,20 @@ class SweepOutcome:
     rows: list[dict]
 
 
+def is_uri(storage: str | None) -> bool:
+    return bool(storage) and "://" in storage
+
+
 def results_root(storage: str | None = None) -> Path:
-    return Path(storage or os.environ.get(RESULTS_ENV, DEFAULT_RESULTS)).expanduser().resolve()
+    """The local results root. A URI `--storage` (s3://...) holds Tune's checkpoints only; the
+    MLflow store default, the trials' artifacts and the results table stay local."""
+    local = None if is_uri(storage) else storage
+    return Path(local or os.environ.get(RESULTS_ENV, DEFAULT_RESULTS)).expanduser().resolve()
+
+
+def tune_storage(storage: str | None, sweep_dir: Path) -> str:
+    """Where Tune keeps the experiment: shared storage when given, so trials resume across nodes."""
+    return f"{storage.rstrip('/')}/{sweep_dir.name}" if is_uri(storage) else str(sweep_dir)
 
 
 def max_steps(config: SweepConfig) -> int:
@@ -151,9 +163,9 @@ def run_sweep(config: SweepConfig, *, address: str | None = None, storage: str |
                                                               "category": category})
     space = {**to_tune_space(config), SETTINGS_KEY: trial_settings(config, sweep_dir, **(extra_settings or {}))}
     trainable = tune.with_resources(run_trial, {"cpu": config.resources.cpu, "gpu": config.resources.gpu})
-    tune_dir = sweep_dir / "tune"
-    if resume and tune.Tuner.can_restore(str(tune_dir)):
-        tuner = tune.Tuner.restore(str(tune_dir), trainable, resume_unfinished=True, resume_errored=True,
+    tune_dir = f"{tune_storage(storage, sweep_dir)}/tune"
+    if resume and tune.Tuner.can_restore(tune_dir):
+        tuner = tune.Tuner.restore(tune_dir, trainable, resume_unfinished=True, resume_errored=True,
                                    param_space=space)
     else:
         max_t = evaluations(max_steps(config), config.early_stop.eval_every)
@@ -162,7 +174,8 @@ def run_sweep(config: SweepConfig, *, address: str | None = None, storage: str |
             tune_config=tune.TuneConfig(search_alg=make_search_alg(config), scheduler=make_scheduler(config, max_t),
                                         num_samples=config.search.num_samples,
                                         max_concurrent_trials=config.search.max_concurrent),
-            run_config=tune.RunConfig(name="tune", storage_path=str(sweep_dir), callbacks=[tracker], verbose=verbose,
+            run_config=tune.RunConfig(name="tune", storage_path=tune_storage(storage, sweep_dir), callbacks=[tracker],
+                                      verbose=verbose,
                                       failure_config=tune.FailureConfig(max_failures=2),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
     grid = tuner.fit()
