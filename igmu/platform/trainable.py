@@ -24,7 +24,7 @@ from igmu.metrics.judges import load_judges
 from igmu.metrics.scorecard import build_context, scorecard
 from igmu.platform.generator import assets_dir, load_generator
 from igmu.platform.loop import run_unlearning
-from igmu.platform.run import peak_memory_mb
+from igmu.platform.run import build_unlearner, peak_memory_mb
 from igmu.platform.space import trial_params
 
 SETTINGS_KEY = "igmu"
@@ -43,8 +43,6 @@ def run_trial(config: dict) -> None:
     fail_once_marker = settings.get("fail_once_marker")
     algorithm, overrides = trial_params(config)
     torch.set_num_threads(max(1, int(settings.get("threads", 1))))
-    from igmu.platform.run import build_unlearner
-
     generator = load_generator(settings["model"])
     unlearner = build_unlearner(algorithm, generator, settings["target"], overrides, seed=settings["seed"],
                                 anchor=settings.get("anchor") or "")
