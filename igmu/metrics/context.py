@@ -55,7 +55,6 @@ class EvalContext:
     budget: Budget
     cache: ImageCache = field(default_factory=ImageCache)
     seed: int = 0
-    results: dict = field(default_factory=dict)
 
     def __post_init__(self):
         sets = prompt_sets(self.target.name)

@@ -164,7 +164,6 @@ def train_generator(config: BuildConfig, log=print) -> Generator:
 
 def build_world(out: Path, config: BuildConfig, log=print, parts=("judges", "generator")) -> dict:
     """Train and save what `parts` names into `out` (the assets folder layout)."""
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     timings = {}
     if "judges" in parts:
         started = time.time()

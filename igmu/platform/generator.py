@@ -242,7 +242,7 @@ def _load_folder(folder: Path, dtype: torch.dtype) -> Generator:
                  if has_vae else PatchCodec(_patch_factor(unet)))
     except UsageError:
         raise
-    except (OSError, ValueError, RuntimeError, EnvironmentError) as err:
+    except (OSError, ValueError, RuntimeError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UsageError(f"cannot load model folder {str(folder)!r}: {first_line}") from None
     for module in (unet, text_encoder, codec):

@@ -47,7 +47,7 @@ def start_parent_run(client, experiment: str, sweep_name: str, state_file: Path,
 
 
 class MlflowTracker(Callback):
-    """Mirror trial results into nested MLflow runs and keep one row per trial for the results table."""
+    """Mirror trial results into nested MLflow runs (the results table joins them by trial tag)."""
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, tags: dict[str, str]):
         from mlflow.tracking import MlflowClient
@@ -57,7 +57,6 @@ class MlflowTracker(Callback):
         self.parent_run_id = parent_run_id
         self.tags = tags
         self.run_ids: dict[str, str] = {}
-        self.rows: dict[str, dict] = {}
 
     # --- Tune callback hooks -------------------------------------------------------------
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -72,7 +71,6 @@ class MlflowTracker(Callback):
             self._log_artifacts(run_id, result.get("artifacts_dir"))
         else:
             self.client.log_batch(run_id, metrics=_metric_list({INTERIM_PREFIX + k: v for k, v in metrics.items()}, step))
-        self._row(trial)["last_result"] = dict(result)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         done = bool((trial.last_result or {}).get(FINAL))
@@ -103,17 +101,12 @@ class MlflowTracker(Callback):
         self.run_ids[trial.trial_id] = run_id
         return run_id
 
-    def _row(self, trial) -> dict:
-        return self.rows.setdefault(trial.trial_id, {"trial_id": trial.trial_id, "config": trial.config})
-
     def _close(self, trial, status: str, early_stopped: bool) -> None:
         run_id = self._run_for(trial)
         label = "early_stopped" if early_stopped and status == "FINISHED" else status.lower()
         self.client.set_tag(run_id, "status", label)
         self.client.set_tag(run_id, "early_stopped", str(early_stopped).lower())
         self.client.set_terminated(run_id, "KILLED" if early_stopped else status)
-        row = self._row(trial)
-        row.update({"status": label, "early_stopped": early_stopped, "mlflow_run_id": run_id})
 
     def _log_artifacts(self, run_id: str, folder: str | None) -> None:
         if folder and Path(folder).is_dir():
