@@ -132,10 +132,14 @@ def init_ray(address: str | None) -> None:
 
     if ray.is_initialized():
         return
+    address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address)
     else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        # "local" always starts a fresh Ray: a bare ray.init() would silently join any
+        # `ray start` cluster left running on this machine.
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+                 log_to_driver=False)
 
 
 def run_sweep(config: SweepConfig, *, address: str | None = None, storage: str | None = None,
