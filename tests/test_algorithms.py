@@ -211,3 +211,25 @@ def test_a_category_an_algorithm_cannot_handle_is_refused(world):
     from igmu.algorithms.task import world_task
     with pytest.raises(UsageError, match="cannot unlearn a 'style' target; valid categories: object"):
         ObjectsOnly(world, world_task("ember"))
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_category_defaults_are_valid_hyperparameters(name):
+    cls = ALGORITHMS[name]
+    for category, defaults in cls.category_defaults.items():
+        assert category in cls.categories
+        params = make_params(cls, {}, category)
+        assert {k: getattr(params, k) for k in defaults} == defaults
+
+
+def test_category_defaults_sit_under_user_overrides():
+    class Tuned(Unlearner):
+        """An algorithm tuned per category."""
+
+        category_defaults = {"sensitive": {"lr": 5e-5, "steps": 7}}
+        name = "tuned"
+
+    assert make_params(Tuned, {}, "object") == Tuned.Params()
+    assert (make_params(Tuned, {}, "sensitive").lr, make_params(Tuned, {}, "sensitive").steps) == (5e-5, 7)
+    assert make_params(Tuned, {"lr": "1e-3"}, "sensitive").lr == 1e-3
+    assert Tuned.describe()["category_defaults"] == {"sensitive": {"lr": 5e-5, "steps": 7}}

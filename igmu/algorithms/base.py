@@ -45,6 +45,9 @@ class Unlearner:
     repo: ClassVar[str] = ""
     categories: ClassVar[tuple[str, ...]] = ("object", "style", "sensitive", "character")
     Params: ClassVar[type] = CommonParams
+    # Defaults that differ by target category, as the papers themselves choose them (e.g. ESD-u for
+    # nudity and objects, ESD-x for styles). Applied under the user's overrides by `make_params`.
+    category_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, generator: Generator, task: UnlearningTask, params=None, seed: int = 0):
         if task.category not in self.categories:
@@ -122,7 +125,8 @@ class Unlearner:
     def describe(cls) -> dict:
         return {"name": cls.name, "paper": cls.paper, "repo": cls.repo, "categories": list(cls.categories),
                 "doc": (cls.__doc__ or "").strip().splitlines()[0],
-                "hyperparameters": [describe_field(f, cls.Params) for f in dataclasses.fields(cls.Params)]}
+                "hyperparameters": [describe_field(f, cls.Params) for f in dataclasses.fields(cls.Params)],
+                "category_defaults": {k: dict(v) for k, v in cls.category_defaults.items()}}
 
 
 def describe_field(f: dataclasses.Field, params_cls: type) -> dict:
@@ -164,12 +168,13 @@ def get_algorithm(name: str) -> type[Unlearner]:
     raise UsageError(f"unknown algorithm {name!r}; {hint}valid: {', '.join(sorted(ALGORITHMS))}")
 
 
-def make_params(cls: type[Unlearner], overrides: dict[str, Any]):
-    """Build `cls.Params` from overrides (strings from the CLI or typed values from a sweep)."""
+def make_params(cls: type[Unlearner], overrides: dict[str, Any], category: str | None = None):
+    """Build `cls.Params` from overrides (strings from the CLI or typed values from a sweep), on top
+    of the algorithm's defaults for the target's category when one is given."""
     fields = {f.name: f for f in dataclasses.fields(cls.Params)}
     hints = typing.get_type_hints(cls.Params)
     values = {}
-    for key, raw in overrides.items():
+    for key, raw in {**cls.category_defaults.get(category, {}), **overrides}.items():
         if key not in fields:
             closest = difflib.get_close_matches(key, list(fields), n=1)
             hint = f" (did you mean {closest[0]}?)" if closest else ""

@@ -10,6 +10,9 @@ from igmu.platform.errors import UsageError
 from igmu.platform.prompts import PromptSpec, prompt_sets
 
 # SD default when the user names no retain prompts: generic scenes unrelated to typical targets.
+# A free-text target names no category; it is treated as an object unless the caller says otherwise.
+DEFAULT_SD_CATEGORY = "object"
+
 DEFAULT_SD_RETAIN = ("a photo of a dog", "a photo of a house", "a painting of a landscape",
                      "a photo of a car", "a bowl of fruit")
 
@@ -56,6 +59,11 @@ def world_task(target: str) -> UnlearningTask:
         anchor_prompts=tuple(p.without(concept).text for p in forget),
         pseudo_prompts=tuple(_pseudo(p, concept.category, concept.name).text for p in forget),
         retain_prompts=tuple(p.text for p in sets.retain))
+
+
+def target_category(target: str, world: bool) -> str:
+    """The category a task for `target` will have, without building the task or loading a model."""
+    return get_concept(target).category if world else DEFAULT_SD_CATEGORY
 
 
 def prompt_task(target: str, category: str, anchor: str = "", retain: tuple[str, ...] = ()) -> UnlearningTask:

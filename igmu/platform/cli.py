@@ -180,6 +180,9 @@ def algorithms_command(as_json: bool) -> None:
             for hp in item["hyperparameters"]:
                 valid = hp.get("choices") or hp.get("range")
                 click.echo(f"    {hp['name']:<18} {hp['type']:<7} default={hp['default']!s:<10} valid={valid}  {hp['doc']}")
+            for category, defaults in item["category_defaults"].items():
+                shown = ", ".join(f"{k}={v}" for k, v in defaults.items())
+                click.echo(f"    defaults for {category} targets: {shown}")
 
     _emit(rows, as_json, table)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from igmu.algorithms.base import Unlearner, get_algorithm, make_params
-from igmu.algorithms.task import UnlearningTask, prompt_task, world_task
+from igmu.algorithms.task import DEFAULT_SD_CATEGORY, UnlearningTask, prompt_task, world_task
 from igmu.platform.generator import Generator
 from igmu.platform.loop import run_unlearning
 
@@ -22,14 +22,19 @@ def build_task(generator: Generator, target: str, category: str | None = None, a
     """World models unlearn a world concept; SD models unlearn any prompt."""
     if generator.kind == "world":
         return world_task(target)
-    return prompt_task(target, category or "object", anchor=anchor)
+    return prompt_task(target, category or DEFAULT_SD_CATEGORY, anchor=anchor)
 
 
 def build_unlearner(algorithm: str, generator: Generator, target: str, overrides: dict,
                     seed: int = 0, category: str | None = None, anchor: str = "") -> Unlearner:
     cls = get_algorithm(algorithm)
-    params = make_params(cls, overrides)
-    return cls(generator, build_task(generator, target, category, anchor), params, seed=seed)
+    task = build_task(generator, target, category, anchor)
+    return cls(generator, task, make_params(cls, overrides, task.category), seed=seed)
+
+
+def resolved_params(algorithm: str, overrides: dict, category: str | None) -> dict:
+    """The hyperparameters a run actually uses: defaults, then category defaults, then overrides."""
+    return dataclasses.asdict(make_params(get_algorithm(algorithm), overrides, category))
 
 
 def changed_tensors(before: dict[str, torch.Tensor], module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -13,14 +13,13 @@ Layout of a sweep's outputs, under the results root (`--storage`, `IGMU_RESULTS`
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from igmu.platform.sweepfile import Distribution, SweepConfig, check_resources
+from igmu.platform.sweepfile import WORLD_MODEL, Distribution, SweepConfig, check_resources
 from igmu.platform.tracking import (MlflowTracker, default_tracking_uri, finish_parent, start_parent_run,
                                     SWEEP_TAG)
 
@@ -58,23 +57,23 @@ def tune_storage(storage: str | None, sweep_dir: Path) -> str:
 
 def max_steps(config: SweepConfig) -> int:
     """The longest trial the space allows (sets ASHA's max_t)."""
-    from igmu.algorithms.base import get_algorithm
+    from igmu.platform.run import resolved_params
 
     longest = 1
     for name, space in config.algorithms.items():
-        cls = get_algorithm(name)
         steps = space.params.get("steps")
         if isinstance(steps, Distribution):
             steps = max(steps.args) if steps.kind in ("choice", "grid") else steps.args[1]
         if steps is None:
-            steps = _default_steps(cls)
+            steps = resolved_params(name, {}, sweep_category(config)).get("steps", 1)
         longest = max(longest, int(steps))
     return longest
 
 
-def _default_steps(cls) -> int:
-    fields = {f.name: f.default for f in dataclasses.fields(cls.Params)}
-    return int(fields.get("steps", 1))
+def sweep_category(config: SweepConfig) -> str:
+    from igmu.algorithms.task import target_category
+
+    return target_category(config.target, world=config.model == WORLD_MODEL)
 
 
 def make_search_alg(config: SweepConfig):
@@ -116,6 +115,7 @@ def make_scheduler(config: SweepConfig, max_t: int):
 def trial_settings(config: SweepConfig, sweep_dir: Path, **extra) -> dict:
     """Fixed, JSON-safe settings every trial reads from `config['igmu']`."""
     return {"model": config.model, "target": config.target, "anchor": config.anchor, "seed": config.search.seed,
+            "category": sweep_category(config),
             "eval_every": config.early_stop.eval_every, "interim_budget": config.eval.interim,
             "final_budget": config.eval.final, "objectives": list(config.objectives),
             "out_dir": str(sweep_dir / "trials"), "cache_dir": str(sweep_dir / "images"),
@@ -191,11 +191,11 @@ def run_sweep(config: SweepConfig, *, address: str | None = None, storage: str |
 
 def result_rows(grid, client, experiment_id: str, parent_run_id: str) -> list[dict]:
     """One row per trial, joined with its MLflow run (found by tag, so resumed sweeps join too)."""
-    from igmu.algorithms.base import get_algorithm, make_params
     from igmu.metrics.base import ASPECTS
+    from igmu.platform.run import resolved_params
     from igmu.platform.space import trial_params
     from igmu.platform.tracking import PARENT_TAG, TRIAL_TAG
-    from igmu.platform.trainable import FINAL
+    from igmu.platform.trainable import FINAL, SETTINGS_KEY
 
     runs = {r.data.tags.get(TRIAL_TAG): r for r in client.search_runs(
         [experiment_id], f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=10_000)}
@@ -204,7 +204,7 @@ def result_rows(grid, client, experiment_id: str, parent_run_id: str) -> list[di
         metrics = result.metrics or {}
         trial_id = metrics.get("trial_id")
         algorithm, overrides = trial_params(result.config)
-        params = dataclasses.asdict(make_params(get_algorithm(algorithm), overrides))
+        params = resolved_params(algorithm, overrides, result.config[SETTINGS_KEY].get("category"))
         run = runs.get(trial_id)
         done = bool(metrics.get(FINAL))
         status = "error" if result.error else ("finished" if done else "early_stopped")

@@ -8,7 +8,6 @@ run by its `igmu.trial_id` tag instead of creating a duplicate.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 from ray.tune import Callback
 
 from igmu.metrics.base import ASPECTS
-from igmu.platform.trainable import FINAL
+from igmu.platform.trainable import FINAL, SETTINGS_KEY
 
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "igmu.trial_id"
@@ -89,11 +88,11 @@ class MlflowTracker(Callback):
             run_id = existing[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
         else:
-            from igmu.algorithms.base import get_algorithm, make_params
+            from igmu.platform.run import resolved_params
             from igmu.platform.space import trial_params
 
             algorithm, overrides = trial_params(trial.config)
-            params = dataclasses.asdict(make_params(get_algorithm(algorithm), overrides))
+            params = resolved_params(algorithm, overrides, trial.config[SETTINGS_KEY].get("category"))
             tags = {**self.tags, PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial.trial_id,
                     "algorithm": algorithm, "status": "running", "early_stopped": "false"}
             run_id = self.client.create_run(self.experiment_id, run_name=str(trial), tags=tags).info.run_id
