@@ -69,6 +69,7 @@ def test_every_trial_is_a_nested_mlflow_run_with_its_scores(finished_sweep):
     for run in runs:
         assert run.data.tags["algorithm"] == "esd" and run.data.tags["target"] == "hazard"
         assert float(run.data.params["lr"]) > 0 and run.data.params["train_method"] == "xattn"
+        assert run.data.params["reference"] == "anchor"  # ESD's default for a sensitive target
         assert "interim_forget_retain_hmean" in run.data.metrics
         if run.data.tags["status"] == "finished":
             assert set(ASPECTS) <= set(run.data.metrics) and "efficiency_seconds" in run.data.metrics
@@ -90,6 +91,7 @@ def test_the_parquet_table_matches_mlflow(finished_sweep):
         run = runs[row.mlflow_run_id]
         assert run.data.tags["status"] == row.status
         assert row.param_lr == pytest.approx(float(run.data.params["lr"]))
+        assert row.param_reference == run.data.params["reference"] == "anchor"
         if row.status == "finished":
             for aspect in ASPECTS:
                 assert getattr(row, aspect) == pytest.approx(run.data.metrics[aspect])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -15,9 +16,11 @@ from igmu.algorithms.common import ParameterSet, frozen_copy, pick
 class ESDParams(CommonParams):
     """Official legacy defaults: lr 1e-5, 1000 iterations, eta 1, batch 1, start guidance 3, 50 DDIM
     steps. Rescaled for the world model (2.7M parameters, 10-step sampler at guidance 2): lr 1e-4,
-    200 steps, batch 4, 10 DDIM steps; `train_method` xattn is ESD-x, noxattn is ESD-u (the paper
-    uses ESD-u for nudity; on the world's hazard, noxattn with lr 5e-5 did better, see
-    docs/benchmarks.md)."""
+    200 steps, batch 4, 10 DDIM steps; `train_method` xattn is ESD-x, noxattn is ESD-u.
+    `reference`: the paper trains on the concept's bare name ("nudity"), so its unconditional
+    epsilon*(x_t) is the concept removed. World prompts are composite ("a ember ball with a hazard
+    mark"); there the prompt without the target plays that role, and the push is along the concept
+    alone instead of away from the whole scene."""
 
     lr: float = hyperparameter(1e-4, 1e-7, 1e-1, "Adam learning rate", log=True)
     steps: int = hyperparameter(200, 1, 100_000, "optimisation steps")
@@ -26,6 +29,8 @@ class ESDParams(CommonParams):
     negative_guidance: float = hyperparameter(1.0, 0.0, 10.0, "eta: how far to push away from the concept")
     start_guidance: float = hyperparameter(2.0, 1.0, 20.0, "CFG scale of the partial sampling")
     ddim_steps: int = hyperparameter(10, 2, 1000, "sampler steps; x_t is taken at a random one")
+    reference: Literal["unconditional", "anchor"] = hyperparameter(
+        "unconditional", doc="epsilon*(x_t) of Eq. (3): the empty prompt, or the forget prompt without the target")
 
 
 def esd_target(frozen_uncond: torch.Tensor, frozen_cond: torch.Tensor, eta: float) -> torch.Tensor:
@@ -40,6 +45,10 @@ class ESD(Unlearner):
     paper = "Gandikota et al., Erasing Concepts from Diffusion Models, ICCV 2023 (arXiv 2303.07345)"
     repo = "https://github.com/rohitgandikota/erasing"
     Params = ESDParams
+    # The hazard badge is a small part of a composite prompt: pushing away from the whole scene cost
+    # preservation before the badge was gone (forgetting 0.604); along the badge's own direction,
+    # at twice the rate, forgetting is 0.833 with preservation at the original's (docs/benchmarks.md).
+    category_defaults = {"sensitive": {"reference": "anchor", "lr": 2e-4}}
 
     def prepare(self) -> None:
         self.frozen_unet = frozen_copy(self.generator.unet)
@@ -48,12 +57,14 @@ class ESD(Unlearner):
     def draw(self) -> dict:
         """Partial sampling: x_t from the current model, stopped at a random DDIM step."""
         gen, p = self.generator, self.params
-        prompts = [self.task.forget_prompts[i] for i in pick(self.task.forget_prompts, p.batch_size, self.rng)]
+        chosen = pick(self.task.forget_prompts, p.batch_size, self.rng)
+        prompts = [self.task.forget_prompts[i] for i in chosen]
+        references = [self.task.anchor_prompts[i] for i in chosen] if p.reference == "anchor" else [""] * len(chosen)
         stop = int(torch.randint(0, p.ddim_steps, (1,), generator=self.rng))
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self.rng))
         with torch.no_grad():
             cond = gen.encode_prompt(prompts)
-            uncond = gen.encode_prompt([""] * len(prompts))
+            uncond = gen.encode_prompt(references)
             x_t = gen.denoise(gen.initial_latents(len(prompts), seed), cond, p.ddim_steps, p.start_guidance,
                               stop_step=stop)
         t = gen.scheduler.timesteps[stop].repeat(len(prompts))

@@ -51,6 +51,9 @@ class UCE(Unlearner):
     paper = "Gandikota et al., Unified Concept Editing in Diffusion Models, WACV 2024 (arXiv 2308.14761)"
     repo = "https://github.com/rohitgandikota/unified-concept-editing"
     Params = UCEParams
+    # An object guided to the scene without it still shows some object; guided to a neighbour object
+    # it is replaced (ball at the full budget: forgetting 0.688 -> 0.979, preservation unchanged).
+    category_defaults = {"object": {"guide": "pseudo"}}
 
     @property
     def total_steps(self) -> int:
