@@ -25,3 +25,11 @@ test: $(BIN)/igmu
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# The igmu image for k8s/ (Dockerfile). Its tag and Ray version come from pyproject.toml.
+PROJECT_VERSION = $(shell $(PYTHON) -c "import tomllib; print(tomllib.load(open('pyproject.toml','rb'))['project']['version'])")
+RAY_VERSION = $(shell $(PYTHON) -c "import re, tomllib; deps = tomllib.load(open('pyproject.toml','rb'))['project']['dependencies']; print(next(re.search(r'==([0-9.]+)', d).group(1) for d in deps if d.startswith('ray[')))")
+
+.PHONY: image
+image:
+	docker build --build-arg RAY_VERSION=$(RAY_VERSION) -t igmu:$(PROJECT_VERSION)-ray$(RAY_VERSION) .

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from igmu.platform.sweepfile import Distribution, SweepConfig, check_resources
-from igmu.platform.tracking import (MlflowTracker, default_tracking_uri, finish_parent, start_parent_run,
+from igmu.platform.tracking import (MlflowTracker, finish_parent, resolve_tracking_uri, start_parent_run,
                                     SWEEP_TAG)
 
 RESULTS_ENV = "IGMU_RESULTS"
@@ -154,7 +154,7 @@ def run_sweep(config: SweepConfig, *, address: str | None = None, storage: str |
 
     root = results_root(storage)
     sweep_dir = root / config.name
-    uri = tracking_uri or config.tracking.uri or default_tracking_uri(root)
+    uri = resolve_tracking_uri(tracking_uri, config.tracking.uri, root)
     init_ray(address)
     check_resources(config, available_gpus=float(ray.cluster_resources().get("GPU", 0)))
     client = MlflowClient(uri)
