@@ -1,9 +1,11 @@
 """Render the kustomize folders under k8s/ without the kustomize binary (CI has only Python).
 
 It implements exactly the subset k8s/ uses, and refuses anything else so a new kustomize feature
-cannot be silently ignored: `resources` (files and folders), `namespace`, and `patches` with a
-`target` (kind, name) and an inline JSON 6902 patch (add, remove, replace). tests/test_k8s.py
-compares its output with `kubectl kustomize` wherever that tool is installed.
+cannot be silently ignored: `resources` (files and folders), `namespace`, `patches` with a
+`target` (kind, name) and an inline JSON 6902 patch (add, remove, replace), and `images` (what
+`kustomize edit set image` writes; like kustomize it rewrites every `containers` and
+`initContainers` entry, custom resources included). tests/test_k8s.py compares its output with
+`kubectl kustomize` wherever that tool is installed.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-SUPPORTED_KEYS = {"apiVersion", "kind", "resources", "namespace", "patches"}
+SUPPORTED_KEYS = {"apiVersion", "kind", "resources", "namespace", "patches", "images"}
 CLUSTER_SCOPED_KINDS = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding",
                         "PersistentVolume", "StorageClass"}
 
@@ -34,6 +36,9 @@ def build(folder: Path) -> list[dict]:
         objects += build(path) if path.is_dir() else [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
     for patch in spec.get("patches", []):
         _apply_patch(objects, patch, folder)
+    for image in spec.get("images", []):
+        for container in _containers(objects):
+            _set_image(container, image)
     if spec.get("namespace"):
         for obj in objects:
             if obj["kind"] not in CLUSTER_SCOPED_KINDS:
@@ -83,3 +88,34 @@ def _pointer(path: str) -> list[str]:
     if not path.startswith("/"):
         raise KustomizeError(f"JSON pointer {path!r} must start with '/'")
     return [token.replace("~1", "/").replace("~0", "~") for token in path[1:].split("/")]
+
+
+def _containers(node):
+    """Every container spec under node, at any depth (pod templates nest differently per kind)."""
+    if isinstance(node, list):
+        for item in node:
+            yield from _containers(item)
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("containers", "initContainers") and isinstance(value, list):
+                yield from (c for c in value if isinstance(c, dict) and "image" in c)
+            else:
+                yield from _containers(value)
+
+
+def _set_image(container: dict, image: dict) -> None:
+    if set(image) - {"name", "newName", "newTag", "digest"}:
+        raise KustomizeError(f"unsupported images entry {image}")
+    reference = container["image"]
+    name, _, digest = reference.partition("@")
+    slash = name.rfind("/")
+    colon = name.rfind(":")
+    repository, tag = (name[:colon], name[colon + 1:]) if colon > slash else (name, "")
+    if repository != image["name"]:
+        return
+    repository = image.get("newName", repository)
+    if "digest" in image:
+        container["image"] = f"{repository}@{image['digest']}"
+        return
+    tag = image.get("newTag", tag)
+    container["image"] = f"{repository}:{tag}" if tag else repository

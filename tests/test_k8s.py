@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import importlib
 import importlib.metadata
+import os
 import re
 import shlex
 import shutil
@@ -152,9 +153,25 @@ def test_python_rendering_matches_the_kustomize_tool(overlay):
 
 
 def test_the_renderer_refuses_what_it_does_not_implement(tmp_path):
-    (tmp_path / "kustomization.yaml").write_text("resources: []\nimages: [{name: igmu, newTag: x}]\n")
-    with pytest.raises(KustomizeError, match="images"):
+    (tmp_path / "kustomization.yaml").write_text("resources: []\nconfigMapGenerator: [{name: x}]\n")
+    with pytest.raises(KustomizeError, match="configMapGenerator"):
         build(tmp_path)
+
+
+def test_a_registry_set_with_kustomize_edit_reaches_every_igmu_container(tmp_path):
+    """What docs/deploy.md tells users to do: `kustomize edit set image igmu=REGISTRY/igmu:TAG`."""
+    overlay = tmp_path / "mine"
+    overlay.mkdir()
+    base = os.path.relpath(OVERLAYS["gpu"], overlay)  # kustomize loads relative paths only
+    (overlay / "kustomization.yaml").write_text(
+        f"resources: [{base}]\nimages: [{{name: igmu, newName: registry.example.com/ml/igmu}}]\n")
+    images = sorted(c["image"] for c in containers(build(overlay)))
+    moved = {i for i in images if i.startswith("registry.example.com/ml/igmu:")}
+    assert moved and set(images) - moved == {"postgres:17"}
+    if shutil.which("kubectl"):
+        output = subprocess.run(["kubectl", "kustomize", str(overlay)], capture_output=True, text=True,
+                                check=True).stdout
+        assert sorted(c["image"] for c in containers([o for o in yaml.safe_load_all(output) if o])) == images
 
 
 # --- schemas --------------------------------------------------------------------------------------
