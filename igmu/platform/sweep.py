@@ -156,7 +156,6 @@ def gpu_capacity() -> float:
 def run_sweep(config: SweepConfig, *, address: str | None = None, storage: str | None = None,
               tracking_uri: str | None = None, resume: bool = False, verbose: int = 1,
               extra_settings: dict | None = None) -> SweepOutcome:
-    import ray
     from mlflow.tracking import MlflowClient
     from ray import tune
 
