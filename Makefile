@@ -5,7 +5,7 @@ PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: demo test install clean
+.PHONY: demo test test-integration install clean
 
 $(BIN)/igmu: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ demo: $(BIN)/igmu
 
 test: $(BIN)/igmu
 	$(BIN)/python -m pytest -q
+
+# The RayJob path end to end: a real Ray head (Jobs API) and MLflow server, `ray job submit` (opt-in: slow).
+test-integration: $(BIN)/igmu
+	IGMU_INTEGRATION=1 $(BIN)/python -m pytest -q -m integration
 
 clean:
 	rm -rf $(VENV) .pytest_cache
