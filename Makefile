@@ -5,7 +5,7 @@ PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: demo test install clean
+.PHONY: demo test test-integration install clean
 
 $(BIN)/igmu: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,5 +23,17 @@ demo: $(BIN)/igmu
 test: $(BIN)/igmu
 	$(BIN)/python -m pytest -q
 
+# The RayJob path end to end: a real Ray head (Jobs API) and MLflow server, `ray job submit` (opt-in: slow).
+test-integration: $(BIN)/igmu
+	IGMU_INTEGRATION=1 $(BIN)/python -m pytest -q -m integration
+
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# The igmu image for k8s/ (Dockerfile). Its tag and Ray version come from pyproject.toml.
+PROJECT_VERSION = $(shell $(PYTHON) -c "import tomllib; print(tomllib.load(open('pyproject.toml','rb'))['project']['version'])")
+RAY_VERSION = $(shell $(PYTHON) -c "import re, tomllib; deps = tomllib.load(open('pyproject.toml','rb'))['project']['dependencies']; print(next(re.search(r'==([0-9.]+)', d).group(1) for d in deps if d.startswith('ray[')))")
+
+.PHONY: image
+image:
+	docker build --build-arg RAY_VERSION=$(RAY_VERSION) -t igmu:$(PROJECT_VERSION)-ray$(RAY_VERSION) .

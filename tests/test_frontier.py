@@ -195,6 +195,22 @@ def test_tags_front_true_rest_false_and_clears_stale_tags(store, capsys):
     assert parent.data.tags["igmu.pareto_objectives"] == "quality,robustness"
 
 
+def test_pareto_tags_the_store_named_by_mlflow_tracking_uri(store, capsys, tmp_path, monkeypatch):
+    """On a cluster the store is the server in $MLFLOW_TRACKING_URI, not SQLite under the results root."""
+    from mlflow.tracking import MlflowClient
+
+    elsewhere = tmp_path / "server-store.db"
+    (store.root / "mlflow.db").rename(elsewhere)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{elsewhere}")
+    code, out, err = igmu(capsys, "pareto", SWEEP, "--json")
+    assert code == 0, err
+    front = {entry["trial_id"] for entry in json.loads(out)["front"]}
+    runs = MlflowClient(f"sqlite:///{elsewhere}").search_runs(
+        [store.experiment_id], f"tags.`mlflow.parentRunId` = '{store.parents[SWEEP]}'")
+    assert {r.data.tags["igmu.trial_id"] for r in runs if r.data.tags.get("pareto") == "true"} == front
+    assert not (store.root / "mlflow.db").exists()  # no stray store created where the env var was ignored
+
+
 def test_plots_are_logged_on_the_parent_run(store, capsys, tmp_path):
     code, _, err = igmu(capsys, "pareto", SWEEP, "--json")
     assert code == 0, err

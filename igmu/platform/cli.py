@@ -236,7 +236,9 @@ def run_command(algorithm: str, target: str, model: str, sets: tuple[str, ...], 
 @click.argument("sweep_file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--address", default=None, help="Join a Ray cluster ('auto' or ray://host:port); default: a local Ray.")
 @click.option("--storage", default=None, help="Results root (a path or s3:// URI); default: $IGMU_RESULTS or ./igmu-results.")
-@click.option("--tracking-uri", default=None, help="MLflow tracking URI; default: SQLite under the results root.")
+@click.option("--tracking-uri", default=None,
+              help="MLflow tracking URI; default: the sweep file's tracking.uri, else $MLFLOW_TRACKING_URI, "
+                   "else SQLite under the results root.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted sweep; finished trials are not rerun.")
 def sweep_command(sweep_file: Path, address: str | None, storage: str | None, tracking_uri: str | None,
                   resume: bool) -> None:

@@ -26,7 +26,8 @@ def _note(text: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the front as JSON instead of a table.")
 @click.option("--include-stopped", is_flag=True, help="Keep early-stopped trials that have scores (marked).")
 @click.option("--storage", default=None, help="Results root; default: $IGMU_RESULTS or ./igmu-results.")
-@click.option("--tracking-uri", default=None, help="MLflow tracking URI; default: SQLite under the results root.")
+@click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
+              help="MLflow tracking URI; default: $MLFLOW_TRACKING_URI, else SQLite under the results root.")
 def pareto_command(sweep: str, objectives: str, as_json: bool, include_stopped: bool, storage: str | None,
                    tracking_uri: str | None) -> None:
     """Pareto front of SWEEP (a sweep name, its MLflow parent run id or a results .parquet file).

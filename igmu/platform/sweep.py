@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from igmu.platform.sweepfile import WORLD_MODEL, Distribution, SweepConfig, check_resources
-from igmu.platform.tracking import (MlflowTracker, default_tracking_uri, finish_parent, start_parent_run,
+from igmu.platform.tracking import (MlflowTracker, finish_parent, resolve_tracking_uri, start_parent_run,
                                     SWEEP_TAG)
 
 RESULTS_ENV = "IGMU_RESULTS"
@@ -142,10 +142,20 @@ def init_ray(address: str | None) -> None:
                  log_to_driver=False)
 
 
+def gpu_capacity() -> float:
+    """GPUs the cluster has now, or can grow to: an autoscaling cluster (KubeRay's GPU worker group
+    at minReplicas 0) starts with none, and its autoscaler records each group's max in the GCS."""
+    import ray
+    from ray._private.state import state  # the same record Ray Train checks before it schedules
+
+    now = float(ray.cluster_resources().get("GPU", 0))
+    most = (state.get_max_resources_from_cluster_config() or {}).get("GPU", 0)
+    return max(now, float(most))
+
+
 def run_sweep(config: SweepConfig, *, address: str | None = None, storage: str | None = None,
               tracking_uri: str | None = None, resume: bool = False, verbose: int = 1,
               extra_settings: dict | None = None) -> SweepOutcome:
-    import ray
     from mlflow.tracking import MlflowClient
     from ray import tune
 
@@ -154,9 +164,9 @@ def run_sweep(config: SweepConfig, *, address: str | None = None, storage: str |
 
     root = results_root(storage)
     sweep_dir = root / config.name
-    uri = tracking_uri or config.tracking.uri or default_tracking_uri(root)
+    uri = resolve_tracking_uri(tracking_uri, config.tracking.uri, root)
     init_ray(address)
-    check_resources(config, available_gpus=float(ray.cluster_resources().get("GPU", 0)))
+    check_resources(config, available_gpus=gpu_capacity())
     client = MlflowClient(uri)
     experiment_id, parent = start_parent_run(client, config.tracking.experiment or config.name, config.name,
                                              sweep_dir / "sweep.json", Path(config.path).read_text())
