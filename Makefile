@@ -23,9 +23,9 @@ demo: $(BIN)/igmu
 test: $(BIN)/igmu
 	$(BIN)/python -m pytest -q
 
-# The RayJob path end to end: a real Ray head (Jobs API) and MLflow server, `ray job submit` (opt-in: slow).
+# Only the tests that start real servers (a Ray head with its Jobs API, an MLflow server); `make test` runs them too.
 test-integration: $(BIN)/igmu
-	IGMU_INTEGRATION=1 $(BIN)/python -m pytest -q -m integration
+	$(BIN)/python -m pytest -q -m integration
 
 clean:
 	rm -rf $(VENV) .pytest_cache

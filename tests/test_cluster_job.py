@@ -36,7 +36,6 @@ SERVER_START_S = 120
 JOB_TIMEOUT_S = 420
 TRIALS = 2
 AGENT_NOT_READY = "No available agent to submit job"
-INTEGRATION_ENV = "IGMU_INTEGRATION"
 
 
 def free_port() -> int:
@@ -176,9 +175,6 @@ def test_tracking_uri_precedence(tmp_path, monkeypatch):
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(os.environ.get(INTEGRATION_ENV) != "1",
-                    reason=f"starts a Ray head and an MLflow server (90-120 s on 2 shared cores); "
-                           f"set {INTEGRATION_ENV}=1 or run `make test-integration`")
 def test_rayjob_entrypoint_runs_through_the_jobs_api_and_logs_to_an_mlflow_server(servers, tmp_path):
     from mlflow.tracking import MlflowClient
 
