@@ -13,6 +13,7 @@ Layout of a sweep's outputs, under the results root (`--storage`, `IGMU_RESULTS`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -117,7 +118,7 @@ def trial_settings(config: SweepConfig, sweep_dir: Path, **extra) -> dict:
     """Fixed, JSON-safe settings every trial reads from `config['igmu']`."""
     return {"model": config.model, "target": config.target, "anchor": config.anchor, "seed": config.search.seed,
             "eval_every": config.early_stop.eval_every, "interim_budget": config.eval.interim,
-            "final_budget": config.eval.final, "objectives": list(config.objectives),
+            "final_budget": config.eval.final, "judges": config.eval.judges, "objectives": list(config.objectives),
             "out_dir": str(sweep_dir / "trials"), "cache_dir": str(sweep_dir / "images"),
             "threads": max(1, int(config.resources.cpu)), **_budget_sizes_from_env(), **extra}
 
@@ -140,6 +141,17 @@ def init_ray(address: str | None) -> None:
         # `ray start` cluster left running on this machine.
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
                  log_to_driver=False)
+
+
+def judges_service(place: str):
+    """With `eval.judges: serve`, the judges app on the sweep's Ray for the sweep's duration (one
+    already running, say from a RayService, is used and left running)."""
+    if place != "serve":
+        return contextlib.nullcontext()
+    from igmu.serve.config import load_serve_config
+    from igmu.serve.control import shared_judges
+
+    return shared_judges(load_serve_config())
 
 
 def run_sweep(config: SweepConfig, *, address: str | None = None, storage: str | None = None,
@@ -182,7 +194,8 @@ def run_sweep(config: SweepConfig, *, address: str | None = None, storage: str |
                                       verbose=verbose,
                                       failure_config=tune.FailureConfig(max_failures=2),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
-    grid = tuner.fit()
+    with judges_service(config.eval.judges):
+        grid = tuner.fit()
     rows = result_rows(grid, MlflowClient(uri), experiment_id, parent)
     table = write_table(rows, sweep_dir / "results.parquet")
     finish_parent(client, parent)
