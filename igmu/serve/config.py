@@ -59,7 +59,8 @@ def load_serve_config(path: str | Path | None = None, overrides: dict | None = N
         raise UsageError(f"serve config {str(source)!r} cannot be read: {' '.join(str(err).split())}") from None
     if not isinstance(data, dict):
         raise UsageError(f"{source}: expected a mapping of settings; valid keys: {', '.join(SETTING_KEYS)}")
-    return parse_serve_config({**data, **(overrides or {})}, str(source))
+    shown = f"{source} with args {sorted(overrides)}" if overrides else str(source)
+    return parse_serve_config({**data, **(overrides or {})}, shown)
 
 
 def parse_serve_config(data: dict, source: str = "<args>") -> JudgesServeConfig:
