@@ -22,6 +22,7 @@ from typing import Callable, Protocol
 import numpy as np
 import torch
 
+from igmu.metrics.judges import FEATURE_DIM
 from igmu.platform.errors import UsageError
 from igmu.serve import APP_NAME, DEPLOYMENT_NAME
 from igmu.serve.images import JudgeInputError, encode_npy
@@ -174,7 +175,7 @@ class ServeJudge:
         parts = [self.client.predict(self.name, array[start:start + self.max_images])
                  for start in range(0, len(array), self.max_images)]
         if not parts:
-            return {"probs": torch.zeros(0, len(self.classes)), "features": torch.zeros(0, 0)}
+            return {"probs": torch.zeros(0, len(self.classes)), "features": torch.zeros(0, FEATURE_DIM)}
         return {key: torch.from_numpy(np.concatenate([np.asarray(p[key]) for p in parts])) for key in ("probs", "features")}
 
 
