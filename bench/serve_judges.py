@@ -51,6 +51,7 @@ def serve_ips(images: np.ndarray, judge_name: str, clients: int, request_images:
     requests until all images are scored. The best round's images/s and batch counters."""
     from ray import serve
 
+    from igmu.serve import APP_NAME
     from igmu.serve.client import HandleJudgeClient
     from igmu.serve.config import load_serve_config
     from igmu.serve.control import deploy_judges
@@ -67,7 +68,7 @@ def serve_ips(images: np.ndarray, judge_name: str, clients: int, request_images:
         if len(images) / seconds > best["ips"]:
             best = {"ips": len(images) / seconds, "requests": after["requests"] - before["requests"],
                     "batches": batches, "mean_batch_images": (after["images"] - before["images"]) / max(1, batches)}
-    serve.delete("judges")
+    serve.delete(APP_NAME)
     return best
 
 

@@ -23,7 +23,7 @@ from collections import defaultdict
 import numpy as np
 from ray import serve
 
-from igmu.serve import APP_NAME, DEPLOYMENT_NAME  # noqa: F401  (APP_NAME re-exported)
+from igmu.serve import DEPLOYMENT_NAME
 from igmu.serve.config import JudgesServeConfig, load_serve_config
 from igmu.serve.images import JudgeInputError, check_count, decode_images, to_judge_array
 
