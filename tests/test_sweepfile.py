@@ -315,6 +315,7 @@ BAD_FILES = {
     "bad scheduler metric": (VALID + "early_stop:\n  metric: loss\n", "early_stop.metric", "loss",
                              "valid: forget_retain_hmean, forgetting"),
     "bad budget": (VALID + "eval:\n  interim: tiny\n", "eval.interim", "tiny", "valid: small, full"),
+    "bad judges place": (VALID + "eval:\n  judges: remote\n", "eval.judges", "remote", "valid: local, serve"),
     "negative gpu": (VALID + "resources:\n  gpu: -1\n", "resources.gpu", "gpu", ">= 0"),
     "unknown world concept": (VALID.replace("target: ball", "target: bal"), "target", "bal", "did you mean ball"),
     "anchor with world model": (VALID + "anchor: a cat\n", "anchor", "anchor", "valid: leave anchor out"),

@@ -21,6 +21,10 @@ JUDGE_CLASSES: dict[str, tuple[str, ...]] = {
     "character": ("none", *CHARACTER_NAMES),
 }
 FEATURE_DIM = 128
+# Images per forward pass, padded when fewer. CPU and GPU kernels pick their algorithm by batch size
+# and thread count, which moves results in the 6th digit; a fixed chunk makes an image's scores
+# independent of which other images shared its batch (in-process, or batched by Ray Serve).
+FORWARD_CHUNK = 32
 
 
 class Judge(nn.Module):
@@ -51,14 +55,21 @@ class Judge(nn.Module):
         return self.head(self.features(images))
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor, batch_size: int = 256) -> dict[str, torch.Tensor]:
-        """Class probabilities [N, C] and embeddings [N, FEATURE_DIM] for images [N, 3, 32, 32]."""
+    def predict(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Class probabilities [N, C] and embeddings [N, FEATURE_DIM] for images [N, 3, H, W] in [0, 1].
+        Each image's outputs are the same whatever batch it arrives in (see FORWARD_CHUNK)."""
+        device = next(self.parameters()).device
         probs, feats = [], []
-        for start in range(0, len(images), batch_size):
-            chunk = images[start:start + batch_size].to(next(self.parameters()).device, torch.float32)
-            f = self.features(chunk)
+        for start in range(0, len(images), FORWARD_CHUNK):
+            chunk = images[start:start + FORWARD_CHUNK].to(device, torch.float32)
+            count = len(chunk)
+            if count < FORWARD_CHUNK:
+                chunk = torch.cat([chunk, chunk.new_zeros((FORWARD_CHUNK - count, *chunk.shape[1:]))])
+            f = self.features(chunk)[:count]
             probs.append(torch.softmax(self.head(f), dim=-1).cpu())
             feats.append(f.cpu())
+        if not probs:
+            return {"probs": torch.zeros(0, len(self.classes)), "features": torch.zeros(0, FEATURE_DIM)}
         return {"probs": torch.cat(probs), "features": torch.cat(feats)}
 
 

@@ -326,9 +326,11 @@ def ui_command(tracking_uri: str | None, storage: str | None, port: int) -> None
 
 
 from igmu.platform.cli_analysis import compare_command, pareto_command  # noqa: E402  (registered below)
+from igmu.platform.cli_serve import serve_group  # noqa: E402
 
 cli.add_command(pareto_command)
 cli.add_command(compare_command)
+cli.add_command(serve_group)
 
 
 def main(argv: list[str] | None = None) -> int:

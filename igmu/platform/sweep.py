@@ -13,6 +13,7 @@ Layout of a sweep's outputs, under the results root (`--storage`, `IGMU_RESULTS`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -117,7 +118,7 @@ def trial_settings(config: SweepConfig, sweep_dir: Path, **extra) -> dict:
     return {"model": config.model, "target": config.target, "anchor": config.anchor, "seed": config.search.seed,
             "category": sweep_category(config),
             "eval_every": config.early_stop.eval_every, "interim_budget": config.eval.interim,
-            "final_budget": config.eval.final, "objectives": list(config.objectives),
+            "final_budget": config.eval.final, "judges": config.eval.judges, "objectives": list(config.objectives),
             "out_dir": str(sweep_dir / "trials"), "cache_dir": str(sweep_dir / "images"),
             "threads": max(1, int(config.resources.cpu)), **_budget_sizes_from_env(), **extra}
 
@@ -151,6 +152,17 @@ def gpu_capacity() -> float:
     now = float(ray.cluster_resources().get("GPU", 0))
     most = (state.get_max_resources_from_cluster_config() or {}).get("GPU", 0)
     return max(now, float(most))
+
+
+def judges_service(place: str):
+    """With `eval.judges: serve`, the judges app on the sweep's Ray for the sweep's duration (one
+    already running, say from a RayService, is used and left running)."""
+    if place != "serve":
+        return contextlib.nullcontext()
+    from igmu.serve.config import load_serve_config
+    from igmu.serve.control import shared_judges
+
+    return shared_judges(load_serve_config())
 
 
 def run_sweep(config: SweepConfig, *, address: str | None = None, storage: str | None = None,
@@ -192,7 +204,8 @@ def run_sweep(config: SweepConfig, *, address: str | None = None, storage: str |
                                       verbose=verbose,
                                       failure_config=tune.FailureConfig(max_failures=2),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
-    grid = tuner.fit()
+    with judges_service(config.eval.judges):
+        grid = tuner.fit()
     rows = result_rows(grid, MlflowClient(uri), experiment_id, parent)
     table = write_table(rows, sweep_dir / "results.parquet")
     finish_parent(client, parent)

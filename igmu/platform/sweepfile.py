@@ -47,6 +47,7 @@ SCHEDULER_METRICS = (HMEAN_METRIC, *ASPECTS)
 DEFAULT_OBJECTIVES = {"forgetting": "max", "preservation": "max"}
 OPTUNA_SAMPLERS = ("tpe", "nsga2")
 GRID_SAMPLER = "grid"
+JUDGE_PLACES = ("local", "serve")
 
 RANGE_KINDS = ("uniform", "loguniform", "int")
 LIST_KINDS = ("choice", "grid")
@@ -110,6 +111,9 @@ class EvalConfig:
 
     interim: str = setting("small", "budget of the interim evaluations the scheduler sees", choices=BUDGETS)
     final: str = setting("full", "budget of the final scorecard Optuna receives", choices=BUDGETS)
+    judges: str = setting("local", "local: every trial loads the detector judges itself; serve: trials share the "
+                                   "batched Ray Serve judges app (started on the sweep's Ray if not running); "
+                                   "scores are identical either way", choices=JUDGE_PLACES)
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ def run_trial(config: dict) -> None:
     unlearner = build_unlearner(algorithm, generator, settings["target"], overrides, seed=settings["seed"],
                                 anchor=settings.get("anchor") or "")
     original = load_generator(settings["model"])
-    judges = load_judges(assets_dir() / "judges", device=generator.device)
+    judges = trial_judges(settings.get("judges", "local"), generator.device)
     cache = ImageCache(settings.get("cache_dir"))
     unlearner.prepare()
     elapsed = _restore(unlearner)
@@ -80,6 +80,15 @@ def run_trial(config: dict) -> None:
         _report(metrics, unlearner, time.time() - started)
 
     run_unlearning(unlearner, on_step=on_step, prepared=True)
+
+
+def trial_judges(place: str, device) -> dict:
+    """The detector judges a trial scores with: its own copy, or the shared Ray Serve app's."""
+    if place == "serve":
+        from igmu.serve.client import serve_judges
+
+        return serve_judges()
+    return load_judges(assets_dir() / "judges", device=device)
 
 
 def _metrics(card: dict, step: int, final: bool) -> dict:

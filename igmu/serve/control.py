@@ -1,0 +1,142 @@
+"""Start, inspect and stop the judges application on the Ray this process is connected to."""
+
+from __future__ import annotations
+
+import contextlib
+
+import ray
+from ray import serve
+
+from igmu.platform.errors import UsageError
+from igmu.serve import APP_NAME, DEPLOYMENT_NAME
+from igmu.serve.app import app_from_config
+from igmu.serve.config import JudgesServeConfig
+
+RUNNING = "RUNNING"
+
+
+def _state(value) -> str:
+    """Serve's status enums as plain text ("RUNNING", not "ApplicationStatus.RUNNING")."""
+    return str(getattr(value, "value", value))
+
+
+def serve_details() -> dict:
+    """The Serve controller's full view (applications, deployments, replicas with their actor names),
+    or {} when Serve is not running. It is what `serve status` and the dashboard read; the public
+    `serve.status()` has no per-replica actors."""
+    from ray.serve.context import _get_global_client
+
+    try:
+        return _get_global_client().get_serve_details()
+    except ray.serve.exceptions.RayServeException:  # Serve was never started on this cluster
+        return {}
+
+
+def check_gpus(config: JudgesServeConfig) -> None:
+    """A replica asking for a GPU the cluster lacks would wait forever: fail first, on one line."""
+    wanted = float(config.deployment.get("ray_actor_options", {}).get("num_gpus", 0) or 0)
+    available = float(ray.cluster_resources().get("GPU", 0))
+    if wanted > available:
+        raise UsageError(f"{config.source}: deployment.ray_actor_options.num_gpus: {wanted:g} requested but this "
+                         f"cluster has {available:g} GPU; valid: 0 to {available:g}")
+
+
+def deploy_judges(config: JudgesServeConfig, http_host: str | None = None, http_port: int | None = None) -> None:
+    """Start Serve if needed (HTTP on host:port; no HTTP proxy at all when no port is given) and
+    deploy or update the judges application; returns once it is running."""
+    check_gpus(config)
+    if not serve_details():
+        if http_port is None:
+            serve.start(proxy_location="Disabled")
+        else:
+            serve.start(http_options={"host": http_host or "127.0.0.1", "port": http_port})
+    serve.run(app_from_config(config), name=APP_NAME, route_prefix=config.route_prefix, blocking=False)
+
+
+def judges_running() -> bool:
+    app = serve_details().get("applications", {}).get(APP_NAME)
+    return bool(app) and _state(app.get("status")) == RUNNING
+
+
+def ensure_judges(config: JudgesServeConfig) -> bool:
+    """Deploy the judges unless they already run here (say, from a RayService); True if deployed now."""
+    if judges_running():
+        return False
+    deploy_judges(config)
+    return True
+
+
+@contextlib.contextmanager
+def shared_judges(config: JudgesServeConfig):
+    """The judges app while the block runs; removed afterwards only if this call deployed it."""
+    deployed = ensure_judges(config)
+    try:
+        yield
+    finally:
+        if deployed:
+            stop_judges()
+
+
+def stop_judges() -> bool:
+    """Delete the judges application; False when it was not running."""
+    if APP_NAME not in serve_details().get("applications", {}):
+        return False
+    serve.delete(APP_NAME)
+    return True
+
+
+def replica_actor_names() -> list[str]:
+    deployment = _deployment_details(serve_details())
+    return [r["actor_name"] for r in deployment.get("replicas", []) if _state(r.get("state")) == RUNNING]
+
+
+def judges_status() -> dict:
+    """Application and deployment state, and per replica its state and queue length (requests
+    assigned to it and not yet answered, as Serve's router sees them)."""
+    details = serve_details()
+    app = details.get("applications", {}).get(APP_NAME)
+    if not app:
+        return {"application": APP_NAME, "status": "NOT_RUNNING", "replicas": []}
+    deployment = _deployment_details(details)
+    replicas = []
+    for replica in deployment.get("replicas", []):
+        row = {"replica_id": replica["replica_id"], "state": _state(replica["state"]), "pid": replica.get("pid"),
+               "node_ip": replica.get("node_ip"), "queue_length": None}
+        if row["state"] == RUNNING:
+            row["queue_length"] = _queue_length(replica["actor_name"])
+        replicas.append(row)
+    return {"application": APP_NAME, "status": _state(app["status"]), "route_prefix": app.get("route_prefix"),
+            "deployment": DEPLOYMENT_NAME, "deployment_status": _state(deployment.get("status")),
+            "http": _http_url(details, app.get("route_prefix")),
+            "target_replicas": deployment.get("target_num_replicas"), "replicas": replicas}
+
+
+def _http_url(details: dict, route_prefix: str | None) -> str | None:
+    if _state(details.get("proxy_location")) == "Disabled" or not route_prefix:
+        return None
+    http = details.get("http_options") or {}
+    return f"http://{http.get('host')}:{http.get('port')}{route_prefix}"
+
+
+def _deployment_details(details: dict) -> dict:
+    return details.get("applications", {}).get(APP_NAME, {}).get("deployments", {}).get(DEPLOYMENT_NAME, {})
+
+
+def _queue_length(actor_name: str) -> int | None:
+    try:
+        actor = ray.get_actor(actor_name, namespace="serve")
+        return int(ray.get(actor.get_num_ongoing_requests.remote(), timeout=10))
+    except (ValueError, ray.exceptions.RayError):  # the replica went away between the two calls
+        return None
+
+
+def format_status(status: dict) -> str:
+    if status["status"] == "NOT_RUNNING":
+        return f"{APP_NAME}: not running"
+    queues = [r["queue_length"] for r in status["replicas"] if r["queue_length"] is not None]
+    running = sum(r["state"] == RUNNING for r in status["replicas"])
+    lines = [f"{APP_NAME}: {status['status']}  http {status['http'] or 'off (handle only)'}  "
+             f"replicas {running}/{status['target_replicas']} running  queued {sum(queues)}"]
+    lines += [f"  replica {r['replica_id']}  {r['state']}  pid {r['pid']}  queue {r['queue_length']}"
+              for r in status["replicas"]]
+    return "\n".join(lines)
