@@ -13,7 +13,7 @@ from igmu.algorithms.i2i import I2IUnlearning, embedding_distance, like_noise
 from igmu.algorithms.task import world_task
 from igmu.metrics.context import Budget
 from igmu.metrics.scorecard import build_context, scorecard
-from igmu.platform.check import I2I_OBJECT_TARGET, i2i_accuracy
+from igmu.platform.check import GENERATOR_TARGETS, I2I_OBJECT_TARGET, i2i_accuracy, unmet_targets
 from igmu.platform.cli import main
 from igmu.platform.concept_images import concept_images, mosaics, shows
 from igmu.platform.errors import UsageError
@@ -47,9 +47,14 @@ def test_the_baselines_and_the_method_are_registered_as_image_to_image_algorithm
 
 
 def test_shipped_generator_completes_held_out_renders(judges):
-    accuracy = i2i_accuracy(load_i2i("world", device="cpu"), judges, 300)
+    # 300 renders: the bound is lowered by about two standard errors of a 300-image estimate.
+    accuracy = i2i_accuracy(load_i2i("world", device="cpu"), judges, 300, seed=5151)
     for mask in MASK_TYPES:
-        assert accuracy[f"{mask}_object"] >= I2I_OBJECT_TARGET, accuracy
+        assert accuracy[f"{mask}_object"] >= I2I_OBJECT_TARGET - 0.03, accuracy
+    # An untrained generator is caught by the same check.
+    untrained = i2i_accuracy(tiny_generator(), judges, 100, seed=5151)
+    report = {"judges": {}, "generator": {k: 1.0 for k in GENERATOR_TARGETS}, "i2i": untrained}
+    assert [line.split(":")[0] for line in unmet_targets(report)] == ["i2i center_object", "i2i half_object"]
 
 
 def test_loss_matches_the_formula():
@@ -165,6 +170,10 @@ def test_igmu_run_adds_the_i2i_block_and_saves_a_loadable_model(capsys, tmp_path
     assert set(card["aspects"]) == {"forgetting", "preservation"} and card["efficiency"]["steps"] == 2
     saved = load_model_for("i2i", str(tmp_path / "run" / "model"), device="cpu")
     assert saved.kind == "i2i" and (tmp_path / "run" / "grid.png").is_file()
+    code = main(["eval", "--model", str(tmp_path / "run" / "model"), "--target", "ball", "--budget", "small",
+                 "--json"])
+    again = json.loads(capsys.readouterr().out)
+    assert code == 0 and again["i2i"]["forget_similarity"] == pytest.approx(card["i2i"]["forget_similarity"])
     from safetensors.torch import load_file
     changed = load_file(str(tmp_path / "run" / "changed.safetensors"))
     assert changed and all(k.startswith("encoder.") for k in changed)

@@ -14,8 +14,8 @@ import torch
 
 from igmu.algorithms.base import Unlearner, get_algorithm, make_params
 from igmu.algorithms.task import UnlearningTask, prompt_task, world_task
-from igmu.platform.generator import Generator
 from igmu.platform.errors import UsageError
+from igmu.platform.generator import Generator
 from igmu.platform.loop import run_unlearning
 
 
