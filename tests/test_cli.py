@@ -68,7 +68,11 @@ def test_algorithms_lists_the_registry():
 
 TINY_RUN = {"esd": ["steps=2", "ddim_steps=4"], "salun": ["steps=2", "forget_images=4", "retain_images=4"],
             "uce": [], "ca": ["steps=2", "anchor_images=4"],
-            "erasediff": ["steps=2", "forget_images=4", "retain_images=4"]}
+            "erasediff": ["steps=2", "forget_images=4", "retain_images=4"],
+            **{name: ["steps=2", "batch_size=4", "forget_images=4", "retain_images=4"]
+               for name in ("i2i", "i2i-max-loss", "i2i-noisy-label", "i2i-retain-label", "i2i-random-encoder")}}
+# Where a saved run keeps the edited weights, by the kind of generator the algorithm edits.
+SAVED_WEIGHTS = {"world": "model/unet/diffusion_pytorch_model.safetensors", "i2i": "model/model.safetensors"}
 
 
 @pytest.mark.parametrize("name", sorted(TINY_RUN))
@@ -83,7 +87,7 @@ def test_run_end_to_end_saves_model_scorecard_and_grid(name, tmp_path):
     card = json.loads(result.stdout)
     assert set(card["aspects"]) == {"forgetting", "preservation"}
     assert card["efficiency"]["changed_bytes"] > 0 and card["efficiency"]["seconds"] > 0
-    for path in ("model/unet/diffusion_pytorch_model.safetensors", "changed.safetensors", "scorecard.json",
-                 "config.json", "grid.png"):
+    kind = "i2i" if "i2i" in ALGORITHMS[name].generator_kinds else "world"
+    for path in (SAVED_WEIGHTS[kind], "changed.safetensors", "scorecard.json", "config.json", "grid.png"):
         assert (tmp_path / "out" / path).is_file(), path
     assert json.loads((tmp_path / "out" / "scorecard.json").read_text())["aspects"] == card["aspects"]

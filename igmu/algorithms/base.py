@@ -44,12 +44,19 @@ class Unlearner:
     paper: ClassVar[str] = ""
     repo: ClassVar[str] = ""
     categories: ClassVar[tuple[str, ...]] = ("object", "style", "sensitive", "character")
+    # Generator kinds the algorithm can edit: "world" and "sd" are text-to-image diffusion models
+    # (`Generator`); "i2i" is the image-to-image encoder-decoder (`I2IGenerator`). Commands load
+    # the model an algorithm needs from this, and tests pick their fixtures by it.
+    generator_kinds: ClassVar[tuple[str, ...]] = ("world", "sd")
     Params: ClassVar[type] = CommonParams
     # Defaults that differ by target category, as the papers themselves choose them (e.g. ESD-u for
     # nudity and objects, ESD-x for styles). Applied under the user's overrides by `make_params`.
     category_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, generator: Generator, task: UnlearningTask, params=None, seed: int = 0):
+        if generator.kind not in self.generator_kinds:
+            raise UsageError(f"algorithm {self.name!r} cannot edit a {generator.kind!r} generator; "
+                             f"valid kinds: {', '.join(self.generator_kinds)}")
         if task.category not in self.categories:
             raise UsageError(f"algorithm {self.name!r} cannot unlearn a {task.category!r} target; "
                              f"valid categories: {', '.join(self.categories)}")
@@ -124,6 +131,7 @@ class Unlearner:
     @classmethod
     def describe(cls) -> dict:
         return {"name": cls.name, "paper": cls.paper, "repo": cls.repo, "categories": list(cls.categories),
+                "generator_kinds": list(cls.generator_kinds),
                 "doc": (cls.__doc__ or "").strip().splitlines()[0],
                 "hyperparameters": [describe_field(f, cls.Params) for f in dataclasses.fields(cls.Params)],
                 "category_defaults": {k: dict(v) for k, v in cls.category_defaults.items()}}

@@ -11,6 +11,9 @@ from igmu.platform.errors import UsageError
 
 ASPECTS = ("forgetting", "preservation", "quality", "alignment", "robustness")
 BUDGETS = ("small", "full")
+# Metric families, by the kind of generator they score: text-to-image models (the world's diffusion
+# model) and image-to-image models (the world's inpainting/outpainting generator).
+FAMILIES = ("t2i", "i2i")
 
 
 @dataclass
@@ -34,18 +37,23 @@ class MetricSpec:
     fn: Callable
     budgets: tuple[str, ...]
     doc: str
+    family: str = "t2i"
 
 
-METRICS: dict[str, MetricSpec] = {}
+# Keyed by (family, aspect name): each family scores the same aspects its own way.
+METRICS: dict[tuple[str, str], MetricSpec] = {}
 
 
-def register_metric(name: str, budgets: tuple[str, ...] = BUDGETS):
-    """Register `fn(ctx) -> MetricResult` under an aspect name, for the budgets it runs in."""
+def register_metric(name: str, budgets: tuple[str, ...] = BUDGETS, family: str = "t2i"):
+    """Register `fn(ctx) -> MetricResult` under an aspect name, for the budgets it runs in and the
+    family of generators it scores."""
 
     def decorate(fn):
-        if name in METRICS:
-            raise ValueError(f"metric {name!r} is registered twice")
-        METRICS[name] = MetricSpec(name, fn, tuple(budgets), (fn.__doc__ or "").strip())
+        if name not in ASPECTS or family not in FAMILIES:
+            raise ValueError(f"metric {family}/{name}: valid aspects {ASPECTS}, families {FAMILIES}")
+        if (family, name) in METRICS:
+            raise ValueError(f"metric {family}/{name} is registered twice")
+        METRICS[(family, name)] = MetricSpec(name, fn, tuple(budgets), (fn.__doc__ or "").strip(), family)
         return fn
 
     return decorate
@@ -59,6 +67,6 @@ def check_budget(budget: str) -> str:
     return budget
 
 
-def metrics_for(budget: str) -> list[MetricSpec]:
+def metrics_for(budget: str, family: str = "t2i") -> list[MetricSpec]:
     check_budget(budget)
-    return [spec for spec in METRICS.values() if budget in spec.budgets]
+    return [spec for spec in METRICS.values() if budget in spec.budgets and spec.family == family]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -48,6 +49,7 @@ def spread(items: tuple, n: int) -> list:
 
 @dataclass
 class EvalContext:
+    family: ClassVar[str] = "t2i"  # the metric family that scores it (igmu.metrics.base.FAMILIES)
     target: Concept
     model: Generator
     original: Generator

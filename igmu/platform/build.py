@@ -33,6 +33,11 @@ class BuildConfig:
     log_every: int = 100
     # Continue from an existing generator folder instead of a fresh model (a second, lower-lr stage).
     init_from: str | None = None
+    i2i_steps: int = 2000
+    i2i_batch: int = 48
+    i2i_lr: float = 2e-3
+    # Hidden pixels weigh this much more than visible ones: copying the visible part is easy.
+    i2i_hidden_weight: float = 4.0
 
 
 def _to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -162,6 +167,31 @@ def train_generator(config: BuildConfig, log=print) -> Generator:
     return gen
 
 
+def train_i2i(config: BuildConfig, log=print):
+    """Masked reconstruction on world renders: each batch gets one mask type, drawn at random."""
+    from igmu.platform.i2i import MASK_TYPES, I2IGenerator
+
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed + 3)
+    model = I2IGenerator().train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.i2i_lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.i2i_lr, total_steps=config.i2i_steps)
+    started = time.time()
+    for step in range(config.i2i_steps):
+        images, _ = judge_training_batch(rng, config.i2i_batch)
+        kind = MASK_TYPES[rng.integers(len(MASK_TYPES))]
+        weights = 1.0 + (config.i2i_hidden_weight - 1.0) * model.mask(kind)
+        loss = (weights * (model(images, kind) - images) ** 2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        if step % config.log_every == 0 or step == config.i2i_steps - 1:
+            log(f"i2i step {step}: loss={loss.item():.4f} ({time.time() - started:.0f}s)")
+    return model.eval()
+
+
 def build_world(out: Path, config: BuildConfig, log=print, parts=("judges", "generator")) -> dict:
     """Train and save what `parts` names into `out` (the assets folder layout)."""
     timings = {}
@@ -176,4 +206,8 @@ def build_world(out: Path, config: BuildConfig, log=print, parts=("judges", "gen
         gen.text_encoder.half()
         gen.save(out / "generator")
         timings["generator_seconds"] = round(time.time() - started, 1)
+    if "i2i" in parts:
+        started = time.time()
+        train_i2i(config, log).save(out / "i2i")
+        timings["i2i_seconds"] = round(time.time() - started, 1)
     return timings

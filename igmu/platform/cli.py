@@ -79,16 +79,19 @@ def world_prompts(target: str, as_json: bool) -> None:
 @click.option("--judge-images", default=2000, show_default=True, type=click.IntRange(10), help="Fresh renders per judge.")
 @click.option("--generator-images", default=400, show_default=True, type=click.IntRange(10),
               help="Images sampled from held-out prompts.")
-def world_check(as_json: bool, model: str, judge_images: int, generator_images: int) -> None:
-    """Score the judges on fresh renders and the generator on held-out prompts (exit 1 if below target)."""
+@click.option("--i2i-images", default=1000, show_default=True, type=click.IntRange(10),
+              help="Fresh renders the image-to-image generator completes, per mask type.")
+def world_check(as_json: bool, model: str, judge_images: int, generator_images: int, i2i_images: int) -> None:
+    """Score the judges on fresh renders, the generator on held-out prompts and the image-to-image
+    generator on fresh masked renders (exit 1 if below target)."""
     _quiet_libraries()
     from igmu.platform.check import unmet_targets
     from igmu.platform.check import world_check as run_check
 
-    report = run_check(judge_images, generator_images, model)
+    report = run_check(judge_images, generator_images, model, i2i_images)
 
     def table(rep):
-        for group in ("judges", "generator"):
+        for group in ("judges", "generator", "i2i"):
             click.echo(f"{group}: " + "  ".join(f"{k}={v:.3f}" for k, v in rep[group].items()))
         click.echo(f"seconds: {rep['seconds']}")
 
@@ -108,10 +111,12 @@ def world_check(as_json: bool, model: str, judge_images: int, generator_images: 
 @click.option("--generator-lr", default=None, type=click.FloatRange(1e-6, 1e-1), help="Generator peak learning rate.")
 @click.option("--init-from", default=None, type=click.Path(file_okay=False, exists=True),
               help="Continue training this generator folder instead of starting from scratch.")
-@click.option("--only", type=click.Choice(["judges", "generator"]), default=None, help="Build one part only.")
+@click.option("--i2i-steps", default=None, type=click.IntRange(1), help="Image-to-image generator training steps.")
+@click.option("--only", type=click.Choice(["judges", "generator", "i2i"]), default=None, help="Build one part only.")
 def world_build(out: Path | None, seed: int, judge_steps: int | None, generator_steps: int | None,
-                generator_lr: float | None, init_from: str | None, only: str | None) -> None:
-    """Train the judges and the base generator from scratch, seeded, and save them as safetensors."""
+                generator_lr: float | None, init_from: str | None, i2i_steps: int | None, only: str | None) -> None:
+    """Train the judges, the base generator and the image-to-image generator from scratch, seeded,
+    and save them as safetensors."""
     _quiet_libraries()
     from igmu.platform.build import BuildConfig, build_world
     from igmu.platform.generator import assets_dir
@@ -123,14 +128,17 @@ def world_build(out: Path | None, seed: int, judge_steps: int | None, generator_
         config.generator_steps = generator_steps
     if generator_lr:
         config.generator_lr = generator_lr
+    if i2i_steps:
+        config.i2i_steps = i2i_steps
     config.init_from = init_from
-    parts = (only,) if only else ("judges", "generator")
+    parts = (only,) if only else ("judges", "generator", "i2i")
     timings = build_world(out or assets_dir(), config, log=lambda line: click.echo(line, err=True), parts=parts)
     click.echo(json.dumps(timings))
 
 
 @cli.command("eval")
-@click.option("--model", default="base", show_default=True, help="'base' (the shipped world model) or a model folder.")
+@click.option("--model", default="base", show_default=True,
+              help="'base' (the shipped world model) or a model folder (text-to-image or image-to-image).")
 @click.option("--target", required=True, help="Concept to score forgetting of (see 'igmu world concepts').")
 @click.option("--budget", default="full", show_default=True, help="small (forgetting, preservation) or full (all five).")
 @click.option("--seed", default=0, show_default=True, type=int)
@@ -144,10 +152,12 @@ def eval_command(model: str, target: str, budget: str, seed: int, grid_path: Pat
     from igmu.metrics.scorecard import build_context, format_table, scorecard
     from igmu.platform.concepts import get_concept
     from igmu.platform.generator import load_generator
+    from igmu.platform.i2i import is_i2i_folder, load_i2i
 
     get_concept(target)
     check_budget(budget)
-    ctx = build_context(load_generator(model), target, budget, seed=seed)
+    generator = load_i2i(model) if is_i2i_folder(model) else load_generator(model)
+    ctx = build_context(generator, target, budget, seed=seed)
     card = scorecard(ctx)
     if grid_path:
         from igmu.metrics.grid import save_grid
@@ -203,16 +213,15 @@ def run_command(algorithm: str, target: str, model: str, sets: tuple[str, ...], 
     _quiet_libraries()
     from igmu.metrics.base import check_budget
     from igmu.metrics.scorecard import build_context, format_table, scorecard
-    from igmu.platform.generator import load_generator
-    from igmu.platform.run import build_unlearner, save_run, unlearn
+    from igmu.platform.run import build_unlearner, load_model_for, save_run, unlearn
 
     check_budget(budget)
     overrides = _parse_sets(sets)
-    generator = load_generator(model)
+    generator = load_model_for(algorithm, model)
     unlearner = build_unlearner(algorithm, generator, target, overrides, seed=seed)
     efficiency, changed = unlearn(unlearner, progress=not as_json)
     generator.source = f"{algorithm}({target})"
-    if generator.kind == "world":
+    if generator.kind in ("world", "i2i"):
         ctx = build_context(generator, target, budget, seed=seed)
         card = scorecard(ctx)
     else:

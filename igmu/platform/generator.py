@@ -86,6 +86,10 @@ class Generator:
             module.to(**moves)
         return self
 
+    def train_mode(self, on: bool) -> None:
+        """Training or evaluation mode of the part unlearning edits."""
+        self.unet.train(on)
+
     def tokenize(self, prompts: list[str]) -> torch.Tensor:
         tokens = self.tokenizer(list(prompts), padding="max_length", truncation=True,
                                 max_length=self.tokenizer.model_max_length, return_tensors="pt")

@@ -14,15 +14,32 @@ import torch
 
 from igmu.algorithms.base import Unlearner, get_algorithm, make_params
 from igmu.algorithms.task import DEFAULT_SD_CATEGORY, UnlearningTask, prompt_task, world_task
+from igmu.platform.errors import UsageError
 from igmu.platform.generator import Generator
 from igmu.platform.loop import run_unlearning
 
 
 def build_task(generator: Generator, target: str, category: str | None = None, anchor: str = "") -> UnlearningTask:
-    """World models unlearn a world concept; SD models unlearn any prompt."""
-    if generator.kind == "world":
+    """World models (text-to-image and image-to-image) unlearn a world concept; SD models any prompt."""
+    if generator.kind in ("world", "i2i"):
         return world_task(target)
     return prompt_task(target, category or DEFAULT_SD_CATEGORY, anchor=anchor)
+
+
+def load_model_for(algorithm: str, model: str, device: str | None = None):
+    """The generator `algorithm` edits: an image-to-image algorithm (generator_kinds ("i2i",))
+    gets the world's image-to-image generator for 'base'/'world', or a saved one; every other
+    algorithm a text-to-image `Generator`."""
+    from igmu.platform.generator import load_generator
+    from igmu.platform.i2i import is_i2i_folder, load_i2i
+
+    kinds = get_algorithm(algorithm).generator_kinds
+    if "i2i" in kinds and (model in ("base", "world") or is_i2i_folder(model)):
+        return load_i2i(model, device=device)
+    if "i2i" in kinds:
+        raise UsageError(f"algorithm {algorithm!r} edits image-to-image generators; model {model!r} is not one; "
+                         "valid: 'base' or a folder saved by an image-to-image run")
+    return load_generator(model, device=device)
 
 
 def build_unlearner(algorithm: str, generator: Generator, target: str, overrides: dict,
@@ -65,7 +82,7 @@ def unlearn(unlearner: Unlearner, progress: bool = False) -> tuple[dict, dict[st
     started = time.time()
     history = run_unlearning(unlearner, progress=progress)
     seconds = time.time() - started
-    gen.unet.eval()
+    gen.train_mode(False)
     changed = {}
     for key, module in unlearner.trainable_modules().items():
         prefix = {n[len(key) + 1:]: t for n, t in before.items() if n.startswith(key + ".")}

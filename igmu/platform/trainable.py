@@ -22,9 +22,9 @@ from igmu.metrics.cache import ImageCache
 from igmu.metrics.context import Budget
 from igmu.metrics.judges import load_judges
 from igmu.metrics.scorecard import build_context, scorecard
-from igmu.platform.generator import assets_dir, load_generator
+from igmu.platform.generator import assets_dir
 from igmu.platform.loop import run_unlearning
-from igmu.platform.run import build_unlearner, peak_memory_mb
+from igmu.platform.run import build_unlearner, load_model_for, peak_memory_mb
 from igmu.platform.space import trial_params
 
 SETTINGS_KEY = "igmu"
@@ -43,10 +43,10 @@ def run_trial(config: dict) -> None:
     fail_once_marker = settings.get("fail_once_marker")
     algorithm, overrides = trial_params(config)
     torch.set_num_threads(max(1, int(settings.get("threads", 1))))
-    generator = load_generator(settings["model"])
+    generator = load_model_for(algorithm, settings["model"])
     unlearner = build_unlearner(algorithm, generator, settings["target"], overrides, seed=settings["seed"],
                                 anchor=settings.get("anchor") or "")
-    original = load_generator(settings["model"])
+    original = load_model_for(algorithm, settings["model"])
     judges = trial_judges(settings.get("judges", "local"), generator.device)
     cache = ImageCache(settings.get("cache_dir"))
     unlearner.prepare()
@@ -69,9 +69,9 @@ def run_trial(config: dict) -> None:
         if fail_once_marker and not Path(fail_once_marker).exists():
             Path(fail_once_marker).write_text("failed once")
             raise RuntimeError("injected failure (test hook)")
-        generator.unet.eval()
+        generator.train_mode(False)
         card, ctx = evaluate(settings["final_budget"] if last else settings["interim_budget"])
-        generator.unet.train()
+        generator.train_mode(True)
         metrics = _metrics(card, step, last)
         for objective in settings["objectives"]:  # searchers need every objective in every report
             metrics.setdefault(objective, math.nan)
