@@ -24,7 +24,9 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--targets", default="ball,hazard")
-    parser.add_argument("--algorithms", default=",".join(sorted(ALGORITHMS)))
+    text_to_image = sorted(name for name, cls in ALGORITHMS.items() if "world" in cls.generator_kinds)
+    parser.add_argument("--algorithms", default=",".join(text_to_image),
+                        help="text-to-image algorithms (image-to-image ones: bench/i2i.py)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     rows = []
