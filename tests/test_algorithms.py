@@ -118,6 +118,21 @@ def test_esd_u_leaves_cross_attention_alone(world):
     assert changed and not any("attn2" in k for k in changed)
 
 
+@pytest.mark.parametrize("reference", ["unconditional", "anchor"])
+def test_esd_reference_is_the_empty_prompt_or_the_prompt_without_the_target(world, reference):
+    from igmu.algorithms.common import pick
+
+    esd = build_unlearner("esd", world, "hazard", tiny_overrides("esd", reference=reference), seed=3)
+    esd.prepare()
+    state = esd.rng.get_state()
+    batch = esd.draw()
+    esd.rng.set_state(state)
+    chosen = pick(esd.task.forget_prompts, esd.params.batch_size, esd.rng)
+    expected = ([esd.task.anchor_prompts[i] for i in chosen] if reference == "anchor" else [""] * len(chosen))
+    assert torch.equal(batch["uncond"], world.encode_prompt(expected))
+    assert all("hazard" not in esd.task.anchor_prompts[i] for i in chosen)
+
+
 def test_top_fraction_masks_keep_exactly_the_fraction():
     scores = {"a": torch.tensor([3.0, 1.0, 1.0, 0.5]), "b": torch.tensor([[1.0, 2.0], [1.0, 0.0]])}
     masks = top_fraction_masks(scores, 0.5)
@@ -185,6 +200,16 @@ def test_ca_model_based_loss_matches_the_formula(world):
         anchor = world.unet(batch["x_t"], batch["t"], encoder_hidden_states=world.encode_prompt(batch["anchor"])).sample
         target = world.unet(batch["x_t"], batch["t"], encoder_hidden_states=world.encode_prompt(batch["target"])).sample
     assert torch.allclose(ca.losses(batch)["ablation_loss"], F.mse_loss(target, anchor), rtol=1e-5)
+
+
+@pytest.mark.parametrize("anchor, expected", [("anchor", "something in ember style"), ("pseudo", "a ember ball")])
+def test_ca_anchors_to_the_scene_without_the_target_or_to_a_neighbour(world, anchor, expected):
+    ca = build_unlearner("ca", world, "star", tiny_overrides("ca", anchor=anchor), seed=0)
+    ca.prepare()
+    batch = ca.draw()
+    pairs = dict(zip(ca.task.forget_prompts, ca.anchor_prompts))
+    assert batch["anchor"] == [pairs[prompt] for prompt in batch["target"]]
+    assert pairs["a ember star"] == expected
 
 
 def test_erasediff_restores_the_inner_loop_copy(world):
