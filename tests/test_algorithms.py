@@ -14,6 +14,7 @@ from igmu.platform.errors import UsageError
 from igmu.platform.generator import load_generator
 from igmu.platform.loop import run_unlearning
 from igmu.platform.run import build_unlearner
+from resume import assert_resumes_bit_for_bit
 
 # Contract tests pick algorithms by the generators they declare they can edit (`generator_kinds`);
 # image-to-image algorithms have their own contract tests in test_i2i.py.
@@ -74,19 +75,7 @@ def test_state_dict_round_trip_resumes_bit_for_bit(name):
         u.prepare()
         return u
 
-    straight = fresh()
-    for _ in range(min(2, straight.total_steps)):
-        straight.step()
-        straight.step_index += 1
-    state = straight.state_dict()
-    run_unlearning(straight, prepared=True)
-
-    resumed = fresh()
-    resumed.load_state_dict(state)
-    run_unlearning(resumed, prepared=True)
-    for (key, a), (_, b) in zip(straight.generator.unet.state_dict().items(),
-                                resumed.generator.unet.state_dict().items()):
-        assert torch.equal(a, b), key
+    assert_resumes_bit_for_bit(fresh, lambda u: u.generator.unet.state_dict())
 
 
 def test_esd_target_is_negative_guidance():

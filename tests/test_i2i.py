@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from igmu.algorithms.base import ALGORITHMS
-from igmu.algorithms.i2i import I2IUnlearning, embedding_distance, like_noise
+from igmu.algorithms.i2i import embedding_distance, like_noise
 from igmu.algorithms.task import world_task
 from igmu.metrics.context import Budget
 from igmu.metrics.scorecard import build_context, scorecard
@@ -20,7 +20,8 @@ from igmu.platform.errors import UsageError
 from igmu.platform.i2i import MASK_TYPES, I2IGenerator, load_i2i
 from igmu.platform.loop import run_unlearning
 from igmu.platform.render import random_scene
-from igmu.platform.run import build_unlearner, load_model_for
+from igmu.platform.run import load_model_for
+from resume import assert_resumes_bit_for_bit
 
 I2I_ALGORITHMS = sorted(name for name, cls in ALGORITHMS.items() if "i2i" in cls.generator_kinds)
 TINY = {"steps": 2, "batch_size": 3, "forget_images": 4, "retain_images": 4}
@@ -107,17 +108,7 @@ def test_state_dict_round_trip_resumes_bit_for_bit(name):
         u.prepare()
         return u
 
-    straight = fresh()
-    for _ in range(2):
-        straight.step()
-        straight.step_index += 1
-    state = straight.state_dict()
-    run_unlearning(straight, prepared=True)
-    resumed = fresh()
-    resumed.load_state_dict(state)
-    run_unlearning(resumed, prepared=True)
-    for (key, a), b in zip(straight.generator.state_dict().items(), resumed.generator.state_dict().values()):
-        assert torch.equal(a, b), key
+    assert_resumes_bit_for_bit(fresh, lambda u: u.generator.state_dict())
 
 
 def test_baseline_forget_terms_match_their_definitions():
