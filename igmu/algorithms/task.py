@@ -9,10 +9,10 @@ from igmu.platform.concepts import CHARACTER_NAMES, OBJECT_NAMES, STYLE_NAMES, g
 from igmu.platform.errors import UsageError
 from igmu.platform.prompts import PromptSpec, prompt_sets
 
-# SD default when the user names no retain prompts: generic scenes unrelated to typical targets.
 # A free-text target names no category; it is treated as an object unless the caller says otherwise.
 DEFAULT_SD_CATEGORY = "object"
 
+# SD default when the user names no retain prompts: generic scenes unrelated to typical targets.
 DEFAULT_SD_RETAIN = ("a photo of a dog", "a photo of a house", "a painting of a landscape",
                      "a photo of a car", "a bowl of fruit")
 
