@@ -106,8 +106,8 @@ def get_concept(name: str) -> Concept:
     if key in _BY_NAME:
         return _BY_NAME[key]
     closest = difflib.get_close_matches(key, list(_BY_NAME), n=3, cutoff=0.5)
-    hint = f"did you mean {', '.join(closest)}?" if closest else f"valid: {', '.join(_BY_NAME)}"
-    raise UsageError(f"unknown concept {name!r}; {hint}")
+    hint = f"did you mean {', '.join(closest)}? " if closest else ""
+    raise UsageError(f"unknown concept {name!r}; {hint}valid: {', '.join(_BY_NAME)}")
 
 
 def get_character(name: str) -> Character:
