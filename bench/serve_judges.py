@@ -7,7 +7,16 @@ replica of `--replica-cpus` CPUs; the in-process forward uses as many torch thre
 
 Each mode runs `--repeats` rounds and reports its best, because shared machines are noisy.
 
-Usage: python bench/serve_judges.py [--images 1024] [--clients 4] [--request-images 16] [--json]
+Both sides run with the same allocator setting (`--malloc-retain-mb`, the replica's
+`malloc_retain_mb`), so the ceiling is not lowered by page faults the replica is spared, or the
+other way round.
+
+Clients send requests the size a sweep trial's judge calls have: interim scorecards (small budget)
+call a judge on 16, 24 or 32 images, the final one (full budget) on 8, 48 or 96. A default trial
+(100 to 200 steps, an interim scorecard every 25) makes 4 to 8 interim ones, so its median call is
+32 to 48 images; the default, 32, is the smaller.
+
+Usage: python bench/serve_judges.py [--images 1024] [--clients 4] [--request-images 32] [--json]
 """
 
 import argparse
@@ -67,7 +76,8 @@ def serve_ips(images: np.ndarray, judge_name: str, clients: int, request_images:
         batches = after["batches"] - before["batches"]
         if len(images) / seconds > best["ips"]:
             best = {"ips": len(images) / seconds, "requests": after["requests"] - before["requests"],
-                    "batches": batches, "mean_batch_images": (after["images"] - before["images"]) / max(1, batches)}
+                    "batches": batches, "mean_batch_images": (after["images"] - before["images"]) / max(1, batches),
+                    "replica_busy": (after["forward_s"] - before["forward_s"]) / seconds}
     serve.delete(APP_NAME)
     return best
 
@@ -102,17 +112,23 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1024)
     parser.add_argument("--unbatched-images", type=int, default=256, help="images for the slow one-per-request mode")
     parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--request-images", type=int, default=16)
+    parser.add_argument("--request-images", type=int, default=32,
+                        help="images per request; 32: a default sweep trial's median judge call (see above)")
     parser.add_argument("--max-batch-size", type=int, default=256)
     parser.add_argument("--batch-wait-s", type=float, default=0.005)
     parser.add_argument("--replica-cpus", type=int, default=1)
     parser.add_argument("--judge", default="object")
+    parser.add_argument("--malloc-retain-mb", type=int, default=64,
+                        help="the replica's malloc_retain_mb, applied to the in-process side too; 0: glibc defaults")
     parser.add_argument("--repeats", type=int, default=3, help="rounds per mode; the best counts (shared machines)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
+    from igmu.serve.allocator import retain_freed_memory
+
+    retain_freed_memory(args.malloc_retain_mb)
     images = rendered(args.images)
     inprocess = inprocess_ips(images, args.judge, args.replica_cpus, args.max_batch_size, args.repeats)
     # One image per forward in-process: what (3) costs without Serve (a forward pads to FORWARD_CHUNK).
@@ -121,11 +137,11 @@ def main() -> None:
     try:
         batched = serve_ips(images, args.judge, args.clients, args.request_images, {
             "max_batch_size": args.max_batch_size, "max_images_per_request": args.request_images,
-            "batch_wait_timeout_s": args.batch_wait_s,
+            "batch_wait_timeout_s": args.batch_wait_s, "malloc_retain_mb": args.malloc_retain_mb,
             "deployment": deployment(args.replica_cpus, args.max_batch_size)}, args.repeats)
         unbatched = serve_ips(images[:args.unbatched_images], args.judge, args.clients, 1, {
             "max_batch_size": 1, "max_images_per_request": 1, "batch_wait_timeout_s": 0.0,
-            "deployment": deployment(args.replica_cpus, args.clients)}, args.repeats)
+            "malloc_retain_mb": args.malloc_retain_mb, "deployment": deployment(args.replica_cpus, args.clients)}, args.repeats)
     finally:
         from ray import serve
 

@@ -41,6 +41,7 @@ def test_the_packaged_config_is_valid_and_batches_fit():
     ({"max_batch_size": 512}, "deployment.max_ongoing_requests: 256 is below max_batch_size 512"),
     ({"max_images_per_request": 300}, "max_images_per_request: 300 exceeds max_batch_size 256"),
     ({"batch_wait_timeout_s": -1}, "batch_wait_timeout_s: -1 is not valid"),
+    ({"malloc_retain_mb": -8}, "malloc_retain_mb: -8 is not valid; valid: an integer >= 0"),
     ({"route_prefix": "judges"}, "route_prefix: 'judges' is not a route"),
     ({"deployment": {"max_ongoing_requests": 256, "num_replicas": 1, "autoscaling_config": {"min_replicas": 1}}},
      "either num_replicas or autoscaling_config"),

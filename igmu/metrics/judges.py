@@ -24,7 +24,10 @@ FEATURE_DIM = 128
 # Images per forward pass, padded when fewer. CPU and GPU kernels pick their algorithm by batch size
 # and thread count, which moves results in the 6th digit; a fixed chunk makes an image's scores
 # independent of which other images shared its batch (in-process, or batched by Ray Serve).
-FORWARD_CHUNK = 32
+# 8, because the scorecard's judge calls hold 8 to 96 images, all multiples of 8, so in-process no
+# forward is padded, and a batch merged by Serve pads at most 7 images; on CPU, chunks of 8 to 64
+# images score equally fast (docs/benchmarks.md, "Judges on Ray Serve").
+FORWARD_CHUNK = 8
 
 
 class Judge(nn.Module):

@@ -24,6 +24,7 @@ import numpy as np
 from ray import serve
 
 from igmu.serve import DEPLOYMENT_NAME
+from igmu.serve.allocator import retain_freed_memory
 from igmu.serve.config import JudgesServeConfig, load_serve_config
 from igmu.serve.images import JudgeInputError, check_count, decode_images, to_judge_array
 
@@ -43,12 +44,14 @@ class JudgeScorer:
         from igmu.metrics.judges import load_judges
 
         self.config = JudgesServeConfig(**settings)
+        self.malloc_tuned = retain_freed_memory(self.config.malloc_retain_mb)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.judges = load_judges(self.config.judges_path(), device=device)
         self.device = device
         self._score_batch.set_max_batch_size(self.config.max_batch_size)
         self._score_batch.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s)
-        self.counters = {"requests": 0, "images": 0, "batches": 0, "largest_batch": 0, "rejected": 0}
+        self.counters = {"requests": 0, "images": 0, "batches": 0, "largest_batch": 0, "rejected": 0,
+                         "forward_s": 0.0}
         self.started = time.time()
 
     # --- the handle API ---------------------------------------------------------------------
@@ -56,7 +59,8 @@ class JudgeScorer:
     def describe(self) -> dict:
         return {"judges": {name: list(judge.classes) for name, judge in self.judges.items()},
                 "image_size": self.config.image_size, "max_images_per_request": self.config.max_images_per_request,
-                "max_batch_size": self.config.max_batch_size, "device": self.device}
+                "max_batch_size": self.config.max_batch_size, "device": self.device,
+                "malloc_tuned": self.malloc_tuned}
 
     def stats(self) -> dict:
         """Counters of this replica (the one the call reached)."""
@@ -129,7 +133,10 @@ class JudgeScorer:
         self.counters["largest_batch"] = max(self.counters["largest_batch"], batch_images(items))
         # The forward runs off the event loop, so requests keep arriving (and queueing for the next
         # batch) while this one computes.
-        return await asyncio.to_thread(self._forward, items)
+        started = time.perf_counter()
+        results = await asyncio.to_thread(self._forward, items)
+        self.counters["forward_s"] += time.perf_counter() - started
+        return results
 
     def _forward(self, items: list[tuple[str, np.ndarray]]) -> list[dict]:
         import torch

@@ -29,6 +29,7 @@ class JudgesServeConfig:
     max_images_per_request: int = 256
     max_batch_size: int = 256
     batch_wait_timeout_s: float = 0.005
+    malloc_retain_mb: int = 64
     deployment: dict = field(default_factory=dict)
     source: str = str(DEFAULT_CONFIG)
 
@@ -77,6 +78,7 @@ def parse_serve_config(data: dict, source: str = "<args>") -> JudgesServeConfig:
         max_images_per_request=_integer(data.get("max_images_per_request", 256), "max_images_per_request", 1, fail),
         max_batch_size=_integer(data.get("max_batch_size", 256), "max_batch_size", 1, fail),
         batch_wait_timeout_s=_number(data.get("batch_wait_timeout_s", 0.005), "batch_wait_timeout_s", fail),
+        malloc_retain_mb=_integer(data.get("malloc_retain_mb", 64), "malloc_retain_mb", 0, fail),
         deployment=_deployment(data.get("deployment") or {}, fail),
         source=source)
     if config.max_images_per_request > config.max_batch_size:
