@@ -56,19 +56,16 @@ def tune_storage(storage: str | None, sweep_dir: Path) -> str:
     return f"{storage.rstrip('/')}/{sweep_dir.name}" if is_uri(storage) else str(sweep_dir)
 
 
-def max_steps(config: SweepConfig) -> int:
-    """The longest trial the space allows (sets ASHA's max_t)."""
+def algorithm_steps(config: SweepConfig, name: str) -> int:
+    """The most steps a trial of `name` can run in this sweep's space (its ASHA `max_t`)."""
     from igmu.platform.run import resolved_params
 
-    longest = 1
-    for name, space in config.algorithms.items():
-        steps = space.params.get("steps")
-        if isinstance(steps, Distribution):
-            steps = max(steps.args) if steps.kind in ("choice", "grid") else steps.args[1]
-        if steps is None:
-            steps = resolved_params(name, {}, sweep_category(config)).get("steps", 1)
-        longest = max(longest, int(steps))
-    return longest
+    steps = config.algorithms[name].params.get("steps")
+    if isinstance(steps, Distribution):
+        steps = max(steps.args) if steps.kind in ("choice", "grid") else steps.args[1]
+    if steps is None:
+        steps = resolved_params(name, {}, sweep_category(config)).get("steps", 1)
+    return max(1, int(steps))
 
 
 def sweep_category(config: SweepConfig) -> str:
@@ -97,13 +94,22 @@ def make_search_alg(config: SweepConfig):
     return ConcurrencyLimiter(searcher, max_concurrent=search.max_concurrent)
 
 
-def make_scheduler(config: SweepConfig, max_t: int):
+def make_scheduler(config: SweepConfig):
+    """ASHA (one per algorithm when the sweep has several: see `schedulers`), HyperBand or FIFO.
+    `max_t` is the number of reports a trial that runs to the end makes."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler
 
+    from igmu.platform.schedulers import PerAlgorithmASHA
     from igmu.platform.space import scheduler_metric
+    from igmu.platform.trainable import evaluations
 
     stop = config.early_stop
     metric, mode = scheduler_metric(config)
+    max_t_by_algorithm = {name: evaluations(algorithm_steps(config, name), stop.eval_every)
+                          for name in config.algorithms}
+    max_t = max(max_t_by_algorithm.values())
+    if stop.scheduler == "asha" and len(max_t_by_algorithm) > 1:
+        return PerAlgorithmASHA(metric, mode, max_t_by_algorithm, stop.grace_period, stop.reduction_factor)
     if stop.scheduler == "asha":
         return ASHAScheduler(time_attr="training_iteration", metric=metric, mode=mode, max_t=max_t,
                              grace_period=min(stop.grace_period, max_t), reduction_factor=stop.reduction_factor)
@@ -172,7 +178,7 @@ def run_sweep(config: SweepConfig, *, address: str | None = None, storage: str |
     from ray import tune
 
     from igmu.platform.space import to_tune_space
-    from igmu.platform.trainable import SETTINGS_KEY, evaluations, run_trial
+    from igmu.platform.trainable import SETTINGS_KEY, run_trial
 
     root = results_root(storage)
     sweep_dir = root / config.name
@@ -194,10 +200,9 @@ def run_sweep(config: SweepConfig, *, address: str | None = None, storage: str |
         tuner = tune.Tuner.restore(tune_dir, trainable, resume_unfinished=True, resume_errored=True,
                                    param_space=space)
     else:
-        max_t = evaluations(max_steps(config), config.early_stop.eval_every)
         tuner = tune.Tuner(
             trainable, param_space=space,
-            tune_config=tune.TuneConfig(search_alg=make_search_alg(config), scheduler=make_scheduler(config, max_t),
+            tune_config=tune.TuneConfig(search_alg=make_search_alg(config), scheduler=make_scheduler(config),
                                         num_samples=config.search.num_samples,
                                         max_concurrent_trials=config.search.max_concurrent),
             run_config=tune.RunConfig(name="tune", storage_path=tune_storage(storage, sweep_dir), callbacks=[tracker],
