@@ -15,6 +15,12 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from igmu.platform.space import ALGORITHM_KEY
 
 
+def asha(metric: str, mode: str, max_t: int, grace_period: int, reduction_factor: int) -> ASHAScheduler:
+    """Ray's ASHA over interim evaluations (`training_iteration` counts a trial's reports)."""
+    return ASHAScheduler(time_attr="training_iteration", metric=metric, mode=mode, max_t=max_t,
+                         grace_period=min(grace_period, max_t), reduction_factor=reduction_factor)
+
+
 class PerAlgorithmASHA(FIFOScheduler):
     """One `ASHAScheduler` per algorithm, made when its first trial arrives. Trials start in
     submission order, as under ASHA itself. Holds plain data only, so `Tuner.restore` can unpickle it."""
@@ -31,10 +37,8 @@ class PerAlgorithmASHA(FIFOScheduler):
 
     def scheduler_for(self, algorithm: str) -> ASHAScheduler:
         if algorithm not in self.by_algorithm:
-            max_t = self.max_t_by_algorithm[algorithm]
-            self.by_algorithm[algorithm] = ASHAScheduler(
-                time_attr="training_iteration", metric=self._metric, mode=self._mode, max_t=max_t,
-                grace_period=min(self.grace_period, max_t), reduction_factor=self.reduction_factor)
+            self.by_algorithm[algorithm] = asha(self._metric, self._mode, self.max_t_by_algorithm[algorithm],
+                                                self.grace_period, self.reduction_factor)
         return self.by_algorithm[algorithm]
 
     def _of(self, trial) -> ASHAScheduler:

@@ -97,9 +97,9 @@ def make_search_alg(config: SweepConfig):
 def make_scheduler(config: SweepConfig):
     """ASHA (one per algorithm when the sweep has several: see `schedulers`), HyperBand or FIFO.
     `max_t` is the number of reports a trial that runs to the end makes."""
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler
+    from ray.tune.schedulers import FIFOScheduler, HyperBandScheduler
 
-    from igmu.platform.schedulers import PerAlgorithmASHA
+    from igmu.platform.schedulers import PerAlgorithmASHA, asha
     from igmu.platform.space import scheduler_metric
     from igmu.platform.trainable import evaluations
 
@@ -111,8 +111,7 @@ def make_scheduler(config: SweepConfig):
     if stop.scheduler == "asha" and len(max_t_by_algorithm) > 1:
         return PerAlgorithmASHA(metric, mode, max_t_by_algorithm, stop.grace_period, stop.reduction_factor)
     if stop.scheduler == "asha":
-        return ASHAScheduler(time_attr="training_iteration", metric=metric, mode=mode, max_t=max_t,
-                             grace_period=min(stop.grace_period, max_t), reduction_factor=stop.reduction_factor)
+        return asha(metric, mode, max_t, stop.grace_period, stop.reduction_factor)
     if stop.scheduler == "hyperband":
         return HyperBandScheduler(time_attr="training_iteration", metric=metric, mode=mode, max_t=max_t,
                                   reduction_factor=stop.reduction_factor)
