@@ -11,7 +11,7 @@ import pytest
 
 from igmu.platform.errors import UsageError
 from igmu.serve.config import DEFAULT_CONFIG, load_serve_config
-from test_serve import free_port
+from test_cluster_job import free_port
 
 SMALL_CONFIG = """
     max_images_per_request: 16
@@ -52,6 +52,14 @@ def test_bad_serve_settings_are_one_line_errors(overrides, fragment):
     with pytest.raises(UsageError) as err:
         load_serve_config(None, overrides)
     assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_null_actor_options_read_as_none(ray_session):
+    from igmu.serve.control import check_gpus
+
+    config = load_serve_config(None, {"deployment": {"max_ongoing_requests": 256, "ray_actor_options": None}})
+    assert config.deployment["ray_actor_options"] == {}
+    check_gpus(config)  # asks for no GPU: passes instead of failing on None
 
 
 def test_build_app_applies_args_over_the_config():

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -41,7 +40,7 @@ def judges_command(config_path: Path | None, address: str | None, host: str | No
 
     from igmu.platform.sweep import init_ray
     from igmu.serve.config import load_serve_config
-    from igmu.serve.control import deploy_judges, format_status, judges_running, judges_status, stop_judges
+    from igmu.serve.control import RUNNING, deploy_judges, format_status, judges_status, stop_judges
 
     config = load_serve_config(config_path)
     init_ray(address)
@@ -53,9 +52,8 @@ def judges_command(config_path: Path | None, address: str | None, host: str | No
     click.echo(f"igmu: judges ready at {status['http'] or 'a DeploymentHandle only'} (config {config.source}, "
                f"ray address {ray.get_runtime_context().gcs_address}); Ctrl-C stops them", err=True)
     try:
-        while judges_running():
+        while status["status"] == RUNNING:
             click.echo(format_status(status).splitlines()[0])
-            sys.stdout.flush()
             time.sleep(interval)
             status = judges_status()
     except KeyboardInterrupt:

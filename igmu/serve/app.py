@@ -112,8 +112,8 @@ class JudgeScorer:
         if unknown:
             raise JudgeInputError(f"unknown request key {unknown[0]!r}; valid: images, judges")
         judges = payload.get("judges", list(self.judges))
-        if not isinstance(judges, list) or not judges:
-            raise JudgeInputError(f"'judges' must be a non-empty list; valid names: {', '.join(self.judges)}")
+        if not isinstance(judges, list) or not judges or not all(isinstance(name, str) for name in judges):
+            raise JudgeInputError(f"'judges' must be a non-empty list of names; valid names: {', '.join(self.judges)}")
         for name in judges:
             self._check_judge(name)
         array = decode_images(payload["images"], self.config.image_size, self.config.max_images_per_request)
@@ -127,10 +127,11 @@ class JudgeScorer:
 
     @serve.batch(batch_size_fn=batch_images)
     async def _score_batch(self, items: list[tuple[str, np.ndarray]]) -> list[dict]:
+        images = batch_images(items)
         self.counters["batches"] += 1
         self.counters["requests"] += len(items)
-        self.counters["images"] += batch_images(items)
-        self.counters["largest_batch"] = max(self.counters["largest_batch"], batch_images(items))
+        self.counters["images"] += images
+        self.counters["largest_batch"] = max(self.counters["largest_batch"], images)
         # The forward runs off the event loop, so requests keep arriving (and queueing for the next
         # batch) while this one computes.
         started = time.perf_counter()

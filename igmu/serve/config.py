@@ -47,6 +47,7 @@ class JudgesServeConfig:
 
 
 SETTING_KEYS = tuple(f.name for f in fields(JudgesServeConfig) if f.name != "source")
+DEFAULTS = JudgesServeConfig()
 
 
 def load_serve_config(path: str | Path | None = None, overrides: dict | None = None) -> JudgesServeConfig:
@@ -71,14 +72,17 @@ def parse_serve_config(data: dict, source: str = "<args>") -> JudgesServeConfig:
     for key in data:
         if key not in SETTING_KEYS:
             raise fail(key, f"unknown key; valid: {', '.join(SETTING_KEYS)}")
+    def value(key: str):
+        return data.get(key, getattr(DEFAULTS, key))
+
     config = JudgesServeConfig(
-        judges_dir=_optional_text(data.get("judges_dir"), "judges_dir", fail),
-        route_prefix=_route(data.get("route_prefix", "/judges"), fail),
-        image_size=_integer(data.get("image_size", 32), "image_size", 1, fail),
-        max_images_per_request=_integer(data.get("max_images_per_request", 256), "max_images_per_request", 1, fail),
-        max_batch_size=_integer(data.get("max_batch_size", 256), "max_batch_size", 1, fail),
-        batch_wait_timeout_s=_number(data.get("batch_wait_timeout_s", 0.005), "batch_wait_timeout_s", fail),
-        malloc_retain_mb=_integer(data.get("malloc_retain_mb", 64), "malloc_retain_mb", 0, fail),
+        judges_dir=_optional_text(value("judges_dir"), "judges_dir", fail),
+        route_prefix=_route(value("route_prefix"), fail),
+        image_size=_integer(value("image_size"), "image_size", 1, fail),
+        max_images_per_request=_integer(value("max_images_per_request"), "max_images_per_request", 1, fail),
+        max_batch_size=_integer(value("max_batch_size"), "max_batch_size", 1, fail),
+        batch_wait_timeout_s=_number(value("batch_wait_timeout_s"), "batch_wait_timeout_s", fail),
+        malloc_retain_mb=_integer(value("malloc_retain_mb"), "malloc_retain_mb", 0, fail),
         deployment=_deployment(data.get("deployment") or {}, fail),
         source=source)
     if config.max_images_per_request > config.max_batch_size:
@@ -133,7 +137,8 @@ def _deployment(value, fail) -> dict:
     for key in ("num_cpus", "num_gpus"):
         if key in actor:
             _number(actor[key], f"deployment.ray_actor_options.{key}", fail)
-    return dict(value)
+    # `ray_actor_options: null` reads as no options: pass {} on, not None, so readers can .get() it.
+    return {**value, "ray_actor_options": actor} if "ray_actor_options" in value else dict(value)
 
 
 def _submapping(value: dict, key: str, allowed: tuple, fail) -> dict:

@@ -68,11 +68,12 @@ def decode_png(text: str, index: int) -> np.ndarray:
 
     try:
         with Image.open(io.BytesIO(base64.b64decode(text, validate=True))) as image:
-            if image.format != "PNG":
-                raise JudgeInputError(f"images.png[{index}] is {image.format}, not PNG")
-            return np.asarray(image.convert("RGB"))
+            image_format, pixels = image.format, np.asarray(image.convert("RGB"))
     except (binascii.Error, UnidentifiedImageError, OSError, ValueError, TypeError, SyntaxError) as err:
         raise JudgeInputError(f"images.png[{index}] cannot be decoded as PNG: {type(err).__name__}") from None
+    if image_format != "PNG":
+        raise JudgeInputError(f"images.png[{index}] is {image_format}, not PNG")
+    return pixels
 
 
 def decode_images(payload: object, image_size: int, max_images: int) -> np.ndarray:
