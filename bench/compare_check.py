@@ -14,16 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-ASPECTS = ("forgetting", "preservation", "quality", "alignment", "robustness")
+from igmu.metrics.base import ASPECTS
+from igmu.platform.sweep import results_root
 
 
 def dominates(a: np.ndarray, b: np.ndarray) -> bool:
@@ -70,8 +69,7 @@ def main() -> None:
     if result.returncode:
         raise SystemExit(f"igmu compare failed: {result.stderr.strip()}")
     board = {row["algorithm"]: row for row in json.loads(result.stdout)["leaderboard"]}
-    root = Path(os.environ.get("IGMU_RESULTS", "igmu-results"))
-    truth = expected(pd.read_parquet(root / args.sweep / "results.parquet"), objectives)
+    truth = expected(pd.read_parquet(results_root(None) / args.sweep / "results.parquet"), objectives)
     failures = 0
     if set(board) != set(truth):
         print(f"algorithms differ: report {sorted(board)} vs table {sorted(truth)}")

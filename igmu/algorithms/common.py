@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Sized
 
 import torch
 import torch.nn.functional as F
@@ -72,8 +72,9 @@ def top_fraction_masks(scores: dict[str, torch.Tensor], fraction: float) -> dict
     return masks
 
 
-def pick(prompts: tuple[str, ...], n: int, rng: torch.Generator) -> list[int]:
-    return torch.randint(0, len(prompts), (n,), generator=rng).tolist()
+def pick(items: Sized, n: int, rng: torch.Generator) -> list[int]:
+    """n random indices into `items`, drawn with replacement."""
+    return torch.randint(0, len(items), (n,), generator=rng).tolist()
 
 
 @dataclass

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from igmu.algorithms.base import Unlearner, hyperparameter, register_algorithm
-from igmu.algorithms.common import frozen_copy
+from igmu.algorithms.common import frozen_copy, pick
 from igmu.platform.concept_images import concept_images
 from igmu.platform.i2i import MASK_TYPES
 
@@ -83,9 +83,8 @@ class I2IUnlearning(Unlearner):
         p, target, gen = self.params, self.task.target, self.generator
         self.forget = concept_images(target, "forget", p.forget_images, self.seed + 1)
         proxies = round(p.proxy_ratio * p.retain_images)
-        parts = [concept_images(target, "retain", p.retain_images - proxies, self.seed + 2),
-                 concept_images(target, "proxy", proxies, self.seed + 3)]
-        self.retain = torch.cat([part for part in parts if len(part)])
+        self.retain = torch.cat([concept_images(target, "retain", p.retain_images - proxies, self.seed + 2),
+                                 concept_images(target, "proxy", proxies, self.seed + 3)])
         self.frozen_encoder = frozen_copy(gen.encoder)
         gen.requires_grad_(False)
         gen.decoder.eval()
@@ -97,9 +96,9 @@ class I2IUnlearning(Unlearner):
     def draw(self) -> dict:
         """One batch: forget and retain images, the mask type, and noise shaped like the forget images."""
         n = self.params.batch_size
-        forget = self.forget[torch.randint(0, len(self.forget), (n,), generator=self.rng)]
-        retain = self.retain[torch.randint(0, len(self.retain), (n,), generator=self.rng)]
-        kind = MASK_TYPES[int(torch.randint(0, len(MASK_TYPES), (1,), generator=self.rng))]
+        forget = self.forget[pick(self.forget, n, self.rng)]
+        retain = self.retain[pick(self.retain, n, self.rng)]
+        kind = MASK_TYPES[pick(MASK_TYPES, 1, self.rng)[0]]
         return {"forget": forget, "retain": retain, "mask": kind,
                 "noise": like_noise(forget, self.params.noise_type, self.rng)}
 
@@ -156,8 +155,6 @@ class OutputSpaceBaseline(I2IUnlearning):
 class MaxLoss(OutputSpaceBaseline):
     """Baseline MAX LOSS: maximise the reconstruction loss on forget images."""
 
-    paper = PAPER
-    repo = REPO
 
     def forget_loss(self, batch: dict) -> torch.Tensor:
         """-||G(T(x_f)) - x_f||^2"""
@@ -168,8 +165,6 @@ class MaxLoss(OutputSpaceBaseline):
 class NoisyLabel(OutputSpaceBaseline):
     """Baseline NOISY LABEL: forget images are trained to reconstruct noise."""
 
-    paper = PAPER
-    repo = REPO
 
     def forget_loss(self, batch: dict) -> torch.Tensor:
         """||G(T(x_f)) - n||^2"""
@@ -180,8 +175,6 @@ class NoisyLabel(OutputSpaceBaseline):
 class RetainLabel(OutputSpaceBaseline):
     """Baseline RETAIN LABEL: forget images are trained to reconstruct retain images."""
 
-    paper = PAPER
-    repo = REPO
 
     def forget_loss(self, batch: dict) -> torch.Tensor:
         """||G(T(x_f)) - x_r||^2, each forget image paired with a drawn retain image"""
@@ -193,8 +186,6 @@ class RandomEncoder(I2IUnlearning):
     """Baseline RANDOM ENCODER: forget embeddings -> Gaussian noise in embedding space (not the
     frozen encoder's embedding of a noise image); the retain term is the method's."""
 
-    paper = PAPER
-    repo = REPO
 
     def forget_loss(self, batch: dict) -> torch.Tensor:
         """||E(T(x_f)) - z||^2, z ~ N(0, I) of the embedding's shape"""

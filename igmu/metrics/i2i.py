@@ -31,8 +31,6 @@ from igmu.platform.i2i import MASK_TYPES, I2IGenerator
 # Evaluation renders come from seeds no training or unlearning set uses.
 EVAL_SEED_OFFSET = 40_000
 SETS = ("forget", "retain")
-# The judge whose classes an Inception-Score analogue counts, per target category.
-IS_JUDGE = {"object": "object", "style": "style", "sensitive": "sensitive", "character": "character"}
 NOT_APPLICABLE = {
     "alignment": "an image-to-image generator takes no prompt, so there is no prompt to align with",
     "robustness": "the prompt attacks (paraphrases, translations, UnlearnDiffAtk) need a text input",
@@ -93,7 +91,7 @@ class I2IEvalContext:
 
     def inception_score(self, set_name: str, original: bool = False) -> float:
         """exp(E_x KL(p(y|x) || p(y))) with the target category's judge as the classifier."""
-        judge = self.judges[IS_JUDGE[self.target.category]]
+        judge = self.judges[self.target.category]  # each category has its own judge, named after it
         values = []
         for mask in MASK_TYPES:
             probs = judge.predict(self.outputs(set_name, mask, original))["probs"].double().clamp_min(1e-12)
