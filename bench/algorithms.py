@@ -13,7 +13,7 @@ import time
 
 
 def igmu(*args: str) -> dict:
-    result = subprocess.run([sys.executable, "-m", "igmu.platform.cli", *args, "--json"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "igmu.cli", *args, "--json"], capture_output=True, text=True)
     if result.returncode:
         raise SystemExit(f"igmu {' '.join(args)} failed: {result.stderr.strip().splitlines()[-1:]}")
     return json.loads(result.stdout)

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from igmu.metrics.base import ASPECTS
-from igmu.platform.sweep import results_root
+from igmu.sweep.engine import results_root
 
 
 def dominates(a: np.ndarray, b: np.ndarray) -> bool:
@@ -64,7 +64,7 @@ def main() -> None:
     parser.add_argument("--out", default="report")
     args = parser.parse_args()
     objectives = args.objectives.split(",")
-    result = subprocess.run([sys.executable, "-m", "igmu.platform.cli", "compare", args.sweep, "--objectives",
+    result = subprocess.run([sys.executable, "-m", "igmu.cli", "compare", args.sweep, "--objectives",
                              args.objectives, "--out", args.out, "--json"], capture_output=True, text=True)
     if result.returncode:
         raise SystemExit(f"igmu compare failed: {result.stderr.strip()}")

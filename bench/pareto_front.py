@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from igmu.platform.pareto import hypervolume, non_dominated
+from igmu.analysis.pareto import hypervolume, non_dominated
 
 POINT_COUNT = 10_000
 OBJECTIVE_COUNTS = (2, 3)

@@ -31,15 +31,15 @@ import torch
 
 
 def rendered(n: int) -> np.ndarray:
-    from igmu.platform.render import random_scene, render_batch
+    from igmu.world.render import random_scene, render_batch
 
     rng = np.random.default_rng(0)
     return np.ascontiguousarray(render_batch([random_scene(rng) for _ in range(n)]).transpose(0, 3, 1, 2))
 
 
 def inprocess_ips(images: np.ndarray, judge_name: str, threads: int, batch: int, repeats: int) -> float:
-    from igmu.metrics.judges import load_judges
-    from igmu.platform.generator import assets_dir
+    from igmu.models.judges import load_judges
+    from igmu.world.assets import assets_dir
 
     torch.set_num_threads(threads)
     judge = load_judges(assets_dir() / "judges")[judge_name]

@@ -16,7 +16,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     started = time.time()
-    result = subprocess.run([sys.executable, "-m", "igmu.platform.cli", "world", "check", "--json"],
+    result = subprocess.run([sys.executable, "-m", "igmu.cli", "world", "check", "--json"],
                             capture_output=True, text=True)
     report = {"wall_seconds": round(time.time() - started, 1), "exit_code": result.returncode,
               "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),

@@ -13,15 +13,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 @pytest.fixture(scope="session")
 def judges():
-    from igmu.metrics.judges import load_judges
-    from igmu.platform.generator import assets_dir
+    from igmu.models.judges import load_judges
+    from igmu.world.assets import assets_dir
 
     return load_judges(assets_dir() / "judges")
 
 
 @pytest.fixture(scope="session")
 def world_generator():
-    from igmu.platform.generator import load_generator
+    from igmu.models.text_to_image import load_generator
 
     return load_generator("world", device="cpu")
 

@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 
 from igmu.algorithms.base import Unlearner
-from igmu.platform.loop import run_unlearning
+from igmu.algorithms.loop import run_unlearning
 
 
 def assert_resumes_bit_for_bit(fresh: Callable[[], Unlearner],

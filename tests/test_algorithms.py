@@ -5,16 +5,16 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
+from resume import assert_resumes_bit_for_bit
 
 from igmu.algorithms.base import ALGORITHMS, Unlearner, get_algorithm, make_params
 from igmu.algorithms.common import top_fraction_masks
 from igmu.algorithms.esd import esd_target
+from igmu.algorithms.loop import run_unlearning
 from igmu.algorithms.uce import uce_solve
-from igmu.platform.errors import UsageError
-from igmu.platform.generator import load_generator
-from igmu.platform.loop import run_unlearning
-from igmu.platform.run import build_unlearner
-from resume import assert_resumes_bit_for_bit
+from igmu.errors import UsageError
+from igmu.models.text_to_image import load_generator
+from igmu.run import build_unlearner
 
 # Contract tests pick algorithms by the generators they declare they can edit (`generator_kinds`);
 # image-to-image algorithms have their own contract tests in test_i2i.py.

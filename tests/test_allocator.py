@@ -14,8 +14,8 @@ FORWARDS = """
 import json, resource, sys, torch
 from igmu.serve.allocator import retain_freed_memory
 tuned = retain_freed_memory(int(sys.argv[1]))
-from igmu.metrics.judges import load_judges
-from igmu.platform.generator import assets_dir
+from igmu.models.judges import load_judges
+from igmu.world.assets import assets_dir
 torch.set_num_threads(1)
 judge = load_judges(assets_dir() / "judges")["object"]
 images = torch.rand(64, 3, 32, 32)

@@ -8,7 +8,7 @@ import pytest
 
 
 def igmu(*args):
-    return subprocess.run([sys.executable, "-m", "igmu.platform.cli", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "igmu.cli", *args], capture_output=True, text=True)
 
 
 def test_concepts_json_shape():
@@ -49,7 +49,7 @@ def test_bad_input_is_one_line_and_exit_code_2(args, needle):
 def test_corrupt_model_weights_are_one_line_exit_2(tmp_path):
     import shutil
 
-    from igmu.platform.generator import world_model_dir
+    from igmu.models.text_to_image import world_model_dir
 
     shutil.copytree(world_model_dir(), tmp_path / "m")
     (tmp_path / "m" / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"garbage")

@@ -26,7 +26,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from kustomize_lite import build
 from test_sweep import TINY_BUDGETS
 
@@ -164,7 +163,7 @@ def local_entrypoint(manifest_entrypoint: str, sweep_file: Path, storage: Path) 
 
 
 def test_tracking_uri_precedence(tmp_path, monkeypatch):
-    from igmu.platform.tracking import default_tracking_uri, resolve_tracking_uri
+    from igmu.sweep.tracking import default_tracking_uri, resolve_tracking_uri
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert resolve_tracking_uri(None, None, tmp_path) == default_tracking_uri(tmp_path)
@@ -178,7 +177,7 @@ def test_tracking_uri_precedence(tmp_path, monkeypatch):
 def test_rayjob_entrypoint_runs_through_the_jobs_api_and_logs_to_an_mlflow_server(servers, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from igmu.platform.tracking import PARENT_TAG, TRIAL_TAG
+    from igmu.sweep.tracking import PARENT_TAG, TRIAL_TAG
 
     job = rayjob_from_manifest()["spec"]
     runtime_env = yaml.safe_load(job["runtimeEnvYAML"])
@@ -219,9 +218,9 @@ def test_gpu_capacity_counts_what_the_autoscaler_can_add(ray_session):
     from ray.core.generated import autoscaler_pb2
     from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_put
 
-    from igmu.platform.errors import UsageError
-    from igmu.platform.sweep import gpu_capacity
-    from igmu.platform.sweepfile import check_resources, load_sweep
+    from igmu.errors import UsageError
+    from igmu.sweep.engine import gpu_capacity
+    from igmu.sweep.file import check_resources, load_sweep
 
     gpu_sweep = load_sweep(REPO / "sweeps" / "salun-gpu.yaml")
     assert gpu_capacity() == 0

@@ -9,17 +9,17 @@ import json
 import math
 import shutil
 import statistics
-from xml.etree import ElementTree
 from pathlib import Path
+from xml.etree import ElementTree
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from igmu.analysis.frontier import front_summary
+from igmu.analysis.pareto import hypervolume, knee_point
+from igmu.cli.main import main
 from igmu.metrics.base import ASPECTS
-from igmu.platform.cli import main
-from igmu.platform.frontier import front_summary
-from igmu.platform.pareto import hypervolume, knee_point
 
 SWEEP = "demo"
 STOPPED_CHAMPION = "t-stopped-top"  # early-stopped, yet better than every finished trial
@@ -65,7 +65,7 @@ class SweepStore:
     def __init__(self, root: Path, artifacts: Path):
         from mlflow.tracking import MlflowClient
 
-        from igmu.platform.tracking import default_tracking_uri
+        from igmu.sweep.tracking import default_tracking_uri
 
         self.root = root
         self.client = MlflowClient(default_tracking_uri(root))

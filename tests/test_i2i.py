@@ -7,21 +7,21 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
+from resume import assert_resumes_bit_for_bit
 
 from igmu.algorithms.base import ALGORITHMS
-from igmu.algorithms.i2i import embedding_distance, like_noise
+from igmu.algorithms.encoder_unlearning import embedding_distance, like_noise
+from igmu.algorithms.loop import run_unlearning
 from igmu.algorithms.task import world_task
+from igmu.cli.main import main
+from igmu.errors import UsageError
 from igmu.metrics.context import Budget
 from igmu.metrics.scorecard import build_context, scorecard
-from igmu.platform.check import GENERATOR_TARGETS, I2I_OBJECT_TARGET, i2i_accuracy, unmet_targets
-from igmu.platform.cli import main
-from igmu.platform.concept_images import concept_images, mosaics, shows
-from igmu.platform.errors import UsageError
-from igmu.platform.i2i import MASK_TYPES, I2IGenerator, load_i2i
-from igmu.platform.loop import run_unlearning
-from igmu.platform.render import random_scene
-from igmu.platform.run import load_model_for
-from resume import assert_resumes_bit_for_bit
+from igmu.models.check import GENERATOR_TARGETS, I2I_OBJECT_TARGET, i2i_accuracy, unmet_targets
+from igmu.models.image_to_image import MASK_TYPES, I2IGenerator, load_i2i
+from igmu.run import load_model_for
+from igmu.world.concept_images import concept_images, mosaics, shows
+from igmu.world.render import random_scene
 
 I2I_ALGORITHMS = sorted(name for name, cls in ALGORITHMS.items() if "i2i" in cls.generator_kinds)
 TINY = {"steps": 2, "batch_size": 3, "forget_images": 4, "retain_images": 4}
@@ -126,7 +126,7 @@ def test_image_sets_follow_the_target():
 
     rng = np.random.default_rng(0)
     scene = random_scene(rng, object="ball", style="ember", hazard=True)
-    from igmu.platform.concepts import get_concept
+    from igmu.world.concepts import get_concept
     assert shows(scene, get_concept("ball")) and shows(scene, get_concept("hazard"))
     assert not shows(scene, get_concept("box"))
     assert torch.equal(concept_images("ball", "forget", 3, 5), concept_images("ball", "forget", 3, 5))
@@ -171,8 +171,8 @@ def test_igmu_run_adds_the_i2i_block_and_saves_a_loadable_model(capsys, tmp_path
 
 
 def test_sweep_into_mlflow_then_pareto(ray_session, tmp_path, capsys):
-    from igmu.platform.sweep import run_sweep
-    from igmu.platform.sweepfile import load_sweep
+    from igmu.sweep.engine import run_sweep
+    from igmu.sweep.file import load_sweep
 
     path = tmp_path / "i2i-tiny.yaml"
     path.write_text(textwrap.dedent("""

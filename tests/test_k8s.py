@@ -17,15 +17,14 @@ import re
 import shlex
 import shutil
 import subprocess
-import tomllib
 from pathlib import Path
 
 import click
 import jsonschema
 import kubernetes_validate
 import pytest
+import tomllib
 import yaml
-
 from kustomize_lite import KustomizeError, build
 
 REPO = Path(__file__).resolve().parents[1]
@@ -211,7 +210,7 @@ def test_core_validation_catches_a_misspelt_field():
 
 def resolve_command(argv: list[str]) -> click.Context:
     """Parse argv with igmu's own click tree: an unknown command or option raises."""
-    from igmu.platform.cli import cli
+    from igmu.cli.main import cli
 
     assert argv[0] == "igmu", argv
     command, rest, path = cli, argv[1:], ["igmu"]
@@ -224,7 +223,7 @@ def resolve_command(argv: list[str]) -> click.Context:
 
 
 def test_rayjob_entrypoints_name_existing_commands_and_sweep_files(rendered):
-    from igmu.platform.sweepfile import load_sweep
+    from igmu.sweep.file import load_sweep
 
     name, objects = rendered
     for job in only(objects, "RayJob"):
@@ -263,7 +262,7 @@ def test_the_judge_application_builder_exists():
     module_name, attribute = SERVE_APP["import_path"].split(":")
     module = importlib.import_module(module_name)
     assert callable(getattr(module, attribute))
-    from igmu.platform.cli import cli
+    from igmu.cli.main import cli
 
     serve = cli.get_command(click.Context(cli), "serve")
     assert serve is not None and {"judges", "status", "stop"} <= set(serve.list_commands(click.Context(serve)))
@@ -310,7 +309,7 @@ def test_autoscaling_worker_groups_and_gpus(rendered):
     assert gpu["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert gpu["nodeSelector"] and any(t["key"] == "nvidia.com/gpu" for t in gpu["tolerations"])
     job = only(objects, "RayJob")[0]
-    from igmu.platform.sweepfile import load_sweep
+    from igmu.sweep.file import load_sweep
 
     sweep = load_sweep(REPO / resolve_command(shlex.split(job["spec"]["entrypoint"])).params["sweep_file"])
     assert sweep.resources.gpu > 0, "the gpu overlay's sweep should use the GPU group"

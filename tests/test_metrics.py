@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 import torch
 
+from igmu.errors import UsageError
 from igmu.metrics.base import ASPECTS, METRICS, MetricResult, check_budget, metrics_for
 from igmu.metrics.cache import ImageCache
 from igmu.metrics.context import attribute_hits, spread, target_detected
 from igmu.metrics.frechet import frechet_distance
-from igmu.platform.concepts import get_concept
-from igmu.platform.errors import UsageError
-from igmu.platform.prompts import PromptSpec
-from igmu.platform.render import random_scene, render_batch
+from igmu.world.concepts import get_concept
+from igmu.world.prompts import PromptSpec
+from igmu.world.render import random_scene, render_batch
 
 
 def renders(n, seed, **fixed):
@@ -109,7 +109,7 @@ class RenderCache(ImageCache):
         self.specs, self.model, self.erase = specs, model, erase
 
     def images(self, generator, prompts, seed, steps=None, guidance=None):
-        from igmu.platform.world import scene_for
+        from igmu.world.training_data import scene_for
 
         rng = np.random.default_rng(seed)
         scenes = []
@@ -124,7 +124,7 @@ class RenderCache(ImageCache):
 def render_context(judges, world_generator, target, erase=False):
     from igmu.metrics.context import Budget
     from igmu.metrics.scorecard import build_context
-    from igmu.platform.generator import load_generator
+    from igmu.models.text_to_image import load_generator
 
     model = load_generator("world", device="cpu")
     budget = Budget("full", forget=24, retain=48, related=24, paraphrase=24, attack_prompts=0)

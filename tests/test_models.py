@@ -5,9 +5,9 @@ import shutil
 import pytest
 import torch
 
-from igmu.platform.check import GENERATOR_TARGETS, JUDGE_TARGET, generator_accuracy, judge_accuracy
-from igmu.platform.errors import UsageError
-from igmu.platform.generator import load_generator, world_model_dir
+from igmu.errors import UsageError
+from igmu.models.check import GENERATOR_TARGETS, JUDGE_TARGET, generator_accuracy, judge_accuracy
+from igmu.models.text_to_image import load_generator, world_model_dir
 
 
 def test_judges_are_accurate_on_fresh_renders(judges):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from optuna._hypervolume import compute_hypervolume
 
-from igmu.platform.pareto import (
+from igmu.analysis.pareto import (
     hypervolume,
     knee_point,
     non_dominated,

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from igmu.metrics.real_judges import CLIPZeroShotJudge, NudeNetJudge
-from igmu.platform.errors import UsageError
-from igmu.platform.render import random_scene, render_batch
+from igmu.errors import UsageError
+from igmu.models.real_judges import CLIPZeroShotJudge, NudeNetJudge
+from igmu.world.render import random_scene, render_batch
 
 
 def world_images(n=4):

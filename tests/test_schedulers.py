@@ -1,5 +1,5 @@
 """Early stopping in a sweep over several algorithms ranks a trial only against its own algorithm
-(igmu/platform/schedulers.py): unit checks with Ray's real ASHA on stub trials, then a real sweep."""
+(igmu/sweep/schedulers.py): unit checks with Ray's real ASHA on stub trials, then a real sweep."""
 
 import pickle
 import textwrap
@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
-
-from igmu.platform.schedulers import PerAlgorithmASHA
-from igmu.platform.sweep import make_scheduler, run_sweep
-from igmu.platform.sweepfile import load_sweep
 from test_sweep import TINY_BUDGETS
+
+from igmu.sweep.engine import make_scheduler, run_sweep
+from igmu.sweep.file import load_sweep
+from igmu.sweep.schedulers import PerAlgorithmASHA
 
 METRIC = "forget_retain_hmean"
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"

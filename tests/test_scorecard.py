@@ -7,8 +7,8 @@ from igmu.metrics.attack import attack_embeddings
 from igmu.metrics.cache import ImageCache
 from igmu.metrics.context import BUDGET_SIZES, Budget, target_detected
 from igmu.metrics.scorecard import build_context, scorecard
-from igmu.platform.concepts import get_concept
-from igmu.platform.generator import load_generator
+from igmu.models.text_to_image import load_generator
+from igmu.world.concepts import get_concept
 
 # A smaller "full" budget: every aspect, fewer images, so CI stays fast.
 CI_FULL = Budget("full", forget=48, retain=48, related=24, paraphrase=24, attack_prompts=6, attack_steps=30)

@@ -13,10 +13,10 @@ import urllib.request
 import numpy as np
 import pytest
 import torch
-
-from igmu.platform.errors import UsageError
-from igmu.serve.images import encode_npy, encode_png
 from test_cluster_job import free_port
+
+from igmu.errors import UsageError
+from igmu.serve.images import encode_npy, encode_png
 
 MAX_IMAGES = 64
 TEST_SETTINGS = {
@@ -28,7 +28,7 @@ TEST_SETTINGS = {
 
 
 def rendered_images(n: int, seed: int = 7) -> torch.Tensor:
-    from igmu.platform.render import random_scene, render_batch
+    from igmu.world.render import random_scene, render_batch
 
     rng = np.random.default_rng(seed)
     return torch.from_numpy(render_batch([random_scene(rng) for _ in range(n)])).permute(0, 3, 1, 2).contiguous()

@@ -8,10 +8,10 @@ import textwrap
 import urllib.request
 
 import pytest
-
-from igmu.platform.errors import UsageError
-from igmu.serve.config import DEFAULT_CONFIG, load_serve_config
 from test_cluster_job import free_port
+
+from igmu.errors import UsageError
+from igmu.serve.config import DEFAULT_CONFIG, load_serve_config
 
 SMALL_CONFIG = """
     max_images_per_request: 16
@@ -25,7 +25,7 @@ SMALL_CONFIG = """
 
 
 def igmu(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "igmu.platform.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "igmu.cli", *args], capture_output=True, text=True,
                           timeout=300, **kwargs)
 
 
@@ -89,7 +89,7 @@ def test_serve_judges_status_and_stop(ray_session, tmp_path):
     config.write_text(textwrap.dedent(SMALL_CONFIG))
     address = ray_session.get_runtime_context().gcs_address
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "igmu.platform.cli", "serve", "judges", "--config", str(config),
+    server = subprocess.Popen([sys.executable, "-m", "igmu.cli", "serve", "judges", "--config", str(config),
                                "--address", address, "--port", str(port), "--interval", "0.5"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
     try:

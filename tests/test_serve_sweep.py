@@ -6,11 +6,12 @@ import textwrap
 import threading
 import time
 
-from igmu.metrics.base import ASPECTS
-from igmu.platform.sweep import run_sweep
-from igmu.platform.sweepfile import load_sweep
-from igmu.platform.tracking import PARENT_TAG
 from test_sweep import TINY_BUDGETS
+
+from igmu.metrics.base import ASPECTS
+from igmu.sweep.engine import run_sweep
+from igmu.sweep.file import load_sweep
+from igmu.sweep.tracking import PARENT_TAG
 
 
 def write_sweep(folder, name: str, judges: str):

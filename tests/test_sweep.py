@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from igmu.metrics.base import ASPECTS
-from igmu.platform.sweep import run_sweep
-from igmu.platform.sweepfile import load_sweep
-from igmu.platform.tracking import PARENT_TAG, TRIAL_TAG
+from igmu.sweep.engine import run_sweep
+from igmu.sweep.file import load_sweep
+from igmu.sweep.tracking import PARENT_TAG, TRIAL_TAG
 
 TINY_BUDGETS = {
     "small": {"forget": 6, "retain": 8, "related": 4, "paraphrase": 0},
@@ -114,7 +114,7 @@ def test_bad_sweep_file_writes_nothing(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nmodel: world\ntarget: hazard\nalgorithm: esd\nparams: {lr: 9.0}\n")
     env = {**os.environ, "IGMU_RESULTS": str(tmp_path / "results")}
-    result = subprocess.run([sys.executable, "-m", "igmu.platform.cli", "sweep", str(bad)], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "igmu.cli", "sweep", str(bad)], capture_output=True,
                             text=True, env=env)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert "params.lr" in result.stderr and not (tmp_path / "results").exists()
@@ -124,7 +124,7 @@ def test_resume_after_killing_the_driver(tmp_path):
     """Kill the driver once a trial has finished; --resume completes the sweep without duplicates."""
     sweep = write_sweep(tmp_path, "resume-tiny", samples=3, steps=4)
     env = {**os.environ, "IGMU_RESULTS": str(tmp_path / "results"), "IGMU_BUDGET_SIZES": json.dumps(TINY_BUDGETS)}
-    command = [sys.executable, "-m", "igmu.platform.cli", "sweep", str(sweep)]
+    command = [sys.executable, "-m", "igmu.cli", "sweep", str(sweep)]
     driver = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
     trials = tmp_path / "results" / "resume-tiny" / "trials"
@@ -140,7 +140,7 @@ def test_resume_after_killing_the_driver(tmp_path):
     assert len(table) == 3 and table.trial_id.is_unique and table.mlflow_run_id.notna().all()
     from mlflow.tracking import MlflowClient
 
-    from igmu.platform.tracking import default_tracking_uri
+    from igmu.sweep.tracking import default_tracking_uri
     client = MlflowClient(default_tracking_uri(tmp_path / "results"))
     experiment = client.get_experiment_by_name("resume-tiny")
     runs = client.search_runs([experiment.experiment_id], "tags.`igmu.sweep` = 'resume-tiny'")

@@ -16,9 +16,8 @@ from ray.tune.search.sample import Categorical, Float, Integer, LogUniform, Unif
 from ray.tune.utils.util import merge_dicts
 
 from igmu.algorithms.base import ALGORITHMS
-from igmu.platform.errors import UsageError
-from igmu.platform.space import optuna_objectives, scheduler_metric, to_tune_space, trial_params
-from igmu.platform.sweepfile import (
+from igmu.errors import UsageError
+from igmu.sweep.file import (
     REQUIRED_KEYS,
     SECTIONS,
     TOP_LEVEL_KEYS,
@@ -30,6 +29,7 @@ from igmu.platform.sweepfile import (
     sweep_json_schema,
     write_schema,
 )
+from igmu.sweep.space import optuna_objectives, scheduler_metric, to_tune_space, trial_params
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEPS = ROOT / "sweeps"
@@ -243,7 +243,7 @@ def validator():
 def test_shipped_schema_file_is_up_to_date(tmp_path):
     write_schema(tmp_path / "schema.json")
     assert json.loads(SCHEMA_FILE.read_text()) == json.loads((tmp_path / "schema.json").read_text()), \
-        "docs/sweep-schema.json is stale: run python -m igmu.platform.sweepfile"
+        "docs/sweep-schema.json is stale: run python -m igmu.sweep.file"
 
 
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)

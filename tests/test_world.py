@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from igmu.platform.concepts import ALL_CONCEPTS, CATEGORIES, CHARACTER_NAMES, get_concept
-from igmu.platform.errors import UsageError
-from igmu.platform.prompts import is_held_out, prompt_sets
-from igmu.platform.render import IMAGE_SIZE, random_scene, render
-from igmu.platform.world import build_tokenizer, held_out_specs, training_example
+from igmu.errors import UsageError
+from igmu.world.concepts import ALL_CONCEPTS, CATEGORIES, CHARACTER_NAMES, get_concept
+from igmu.world.prompts import is_held_out, prompt_sets
+from igmu.world.render import IMAGE_SIZE, random_scene, render
+from igmu.world.training_data import build_tokenizer, held_out_specs, training_example
 
 
 def test_rendering_is_deterministic_per_seed():

@@ -3,7 +3,7 @@
 An algorithm is one file with one `Unlearner` subclass: a `Params` dataclass of typed hyperparameters
 (defaults from the official code, rescaled for the world model where noted), `prepare()` for
 one-off work and `step()` for one optimisation step written like the paper. The loop that drives
-`step()` lives once, in `igmu.platform.loop`.
+`step()` lives once, in `igmu.algorithms.loop`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import torch
 
 from igmu.algorithms.common import make_optimizer, select_parameters
 from igmu.algorithms.task import UnlearningTask
-from igmu.platform.errors import UsageError
-from igmu.platform.generator import Generator
+from igmu.errors import UsageError
+from igmu.models.text_to_image import Generator
 
 
 def hyperparameter(default, low=None, high=None, doc: str = "", log: bool = False):

@@ -10,7 +10,7 @@ from typing import Literal, Sized
 import torch
 import torch.nn.functional as F
 
-from igmu.platform.generator import Generator
+from igmu.models.text_to_image import Generator
 
 ParameterSet = Literal["full", "xattn", "noxattn", "xattn-kv"]
 PARAMETER_SETS: tuple[str, ...] = ("full", "xattn", "noxattn", "xattn-kv")

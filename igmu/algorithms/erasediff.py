@@ -7,8 +7,19 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from igmu.algorithms.base import CommonParams, Unlearner, hyperparameter, register_algorithm
-from igmu.algorithms.common import ParameterSet, diffusion_loss, noised, pick, prompt_images
+from igmu.algorithms.base import (
+    CommonParams,
+    Unlearner,
+    hyperparameter,
+    register_algorithm,
+)
+from igmu.algorithms.common import (
+    ParameterSet,
+    diffusion_loss,
+    noised,
+    pick,
+    prompt_images,
+)
 
 
 @dataclass

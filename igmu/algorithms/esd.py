@@ -8,7 +8,12 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from igmu.algorithms.base import CommonParams, Unlearner, hyperparameter, register_algorithm
+from igmu.algorithms.base import (
+    CommonParams,
+    Unlearner,
+    hyperparameter,
+    register_algorithm,
+)
 from igmu.algorithms.common import ParameterSet, frozen_copy, pick
 
 

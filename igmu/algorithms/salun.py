@@ -7,9 +7,21 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from igmu.algorithms.base import CommonParams, Unlearner, hyperparameter, register_algorithm
-from igmu.algorithms.common import (ParameterSet, apply_masks, diffusion_loss, noised, pick, top_fraction_masks,
-                                    prompt_images)
+from igmu.algorithms.base import (
+    CommonParams,
+    Unlearner,
+    hyperparameter,
+    register_algorithm,
+)
+from igmu.algorithms.common import (
+    ParameterSet,
+    apply_masks,
+    diffusion_loss,
+    noised,
+    pick,
+    prompt_images,
+    top_fraction_masks,
+)
 
 
 @dataclass

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from igmu.platform.concepts import CHARACTER_NAMES, OBJECT_NAMES, STYLE_NAMES, get_concept
-from igmu.platform.errors import UsageError
-from igmu.platform.prompts import PromptSpec, prompt_sets
+from igmu.errors import UsageError
+from igmu.world.concepts import CHARACTER_NAMES, OBJECT_NAMES, STYLE_NAMES, get_concept
+from igmu.world.prompts import PromptSpec, prompt_sets
 
 # A free-text target names no category; it is treated as an object unless the caller says otherwise.
 DEFAULT_SD_CATEGORY = "object"

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-from igmu.platform.generator import Generator
+from igmu.models.text_to_image import Generator
 
 
 @contextmanager

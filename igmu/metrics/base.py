@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable
 
-from igmu.platform.errors import UsageError
+from igmu.errors import UsageError
 
 ASPECTS = ("forgetting", "preservation", "quality", "alignment", "robustness")
 BUDGETS = ("small", "full")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from igmu.platform.generator import Generator
+from igmu.models.text_to_image import Generator
 
 
 def model_fingerprint(generator: Generator) -> str:

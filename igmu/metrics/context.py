@@ -8,10 +8,10 @@ from typing import ClassVar
 import torch
 
 from igmu.metrics.cache import ImageCache
-from igmu.metrics.judges import Judge, expected_labels
-from igmu.platform.concepts import CHARACTER_NAMES, OBJECT_NAMES, STYLE_NAMES, Concept
-from igmu.platform.generator import Generator
-from igmu.platform.prompts import PromptSpec, prompt_sets
+from igmu.models.judges import Judge, expected_labels
+from igmu.models.text_to_image import Generator
+from igmu.world.concepts import CHARACTER_NAMES, OBJECT_NAMES, STYLE_NAMES, Concept
+from igmu.world.prompts import PromptSpec, prompt_sets
 
 # Reference images of the original model use another seed, so that the original model scored
 # against itself measures sampling noise, not an identical copy.

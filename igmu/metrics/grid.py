@@ -31,8 +31,8 @@ def _t2i_rows(ctx: EvalContext, per_row: int) -> list[torch.Tensor]:
 
 def _i2i_rows(ctx, per_row: int) -> list[torch.Tensor]:
     """Per set and mask type: (real image, original model's output, evaluated model's output) triples."""
-    from igmu.metrics.i2i import SETS
-    from igmu.platform.i2i import MASK_TYPES
+    from igmu.metrics.image_to_image import SETS
+    from igmu.models.image_to_image import MASK_TYPES
 
     rows = []
     for name in SETS:

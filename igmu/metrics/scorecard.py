@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 
+from igmu.errors import UsageError
 from igmu.metrics.base import ASPECTS, check_budget, metrics_for
 from igmu.metrics.cache import ImageCache
 from igmu.metrics.context import BUDGET_SIZES, Budget, EvalContext
-from igmu.metrics.judges import Judge, load_judges
-from igmu.platform.concepts import get_concept
-from igmu.platform.errors import UsageError
-from igmu.platform.generator import Generator, assets_dir, load_generator
+from igmu.models.judges import Judge, load_judges
+from igmu.models.text_to_image import Generator, load_generator
+from igmu.world.assets import assets_dir
+from igmu.world.concepts import get_concept
 
 
 def build_context(model: Generator, target: str, budget: str | Budget = "full", original: Generator | None = None,
@@ -31,8 +32,8 @@ def build_context(model: Generator, target: str, budget: str | Budget = "full", 
 
 
 def _i2i_context(model, concept, budget: Budget, original, judges, seed: int):
-    from igmu.metrics.i2i import I2IEvalContext
-    from igmu.platform.i2i import load_i2i
+    from igmu.metrics.image_to_image import I2IEvalContext
+    from igmu.models.image_to_image import load_i2i
 
     return I2IEvalContext(target=concept, model=model, original=original or load_i2i("world", device=str(model.device)),
                           judges=judges or load_judges(assets_dir() / "judges", device=model.device),
@@ -50,7 +51,7 @@ def scorecard(ctx: EvalContext) -> dict:
     card = {"model": ctx.model.source, "target": ctx.target.name, "category": ctx.target.category,
             "budget": ctx.budget.name, "seed": ctx.seed, "aspects": aspects}
     if ctx.family == "i2i":
-        from igmu.metrics.i2i import NOT_APPLICABLE, similarity_block
+        from igmu.metrics.image_to_image import NOT_APPLICABLE, similarity_block
 
         card["not_applicable"] = dict(NOT_APPLICABLE)
         card["i2i"] = similarity_block(ctx)

@@ -26,7 +26,12 @@ from ray import serve
 from igmu.serve import DEPLOYMENT_NAME
 from igmu.serve.allocator import retain_freed_memory
 from igmu.serve.config import JudgesServeConfig, load_serve_config
-from igmu.serve.images import JudgeInputError, check_count, decode_images, to_judge_array
+from igmu.serve.images import (
+    JudgeInputError,
+    check_count,
+    decode_images,
+    to_judge_array,
+)
 
 CONFIG_ARG = "config"
 
@@ -41,7 +46,7 @@ class JudgeScorer:
     def __init__(self, settings: dict):
         import torch
 
-        from igmu.metrics.judges import load_judges
+        from igmu.models.judges import load_judges
 
         self.config = JudgesServeConfig(**settings)
         self.malloc_tuned = retain_freed_memory(self.config.malloc_retain_mb)

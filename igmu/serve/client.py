@@ -22,11 +22,10 @@ from typing import Callable, Protocol
 import numpy as np
 import torch
 
-from igmu.metrics.judges import FEATURE_DIM
-from igmu.platform.errors import UsageError
+from igmu.errors import UsageError
+from igmu.models.judges import FEATURE_DIM
 from igmu.serve import APP_NAME, DEPLOYMENT_NAME
 from igmu.serve.images import JudgeInputError, encode_npy
-
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from igmu.platform.errors import UsageError
+from igmu.errors import UsageError
 
 DEFAULT_CONFIG = Path(__file__).with_name("judges.yaml")
 # Keys of `deployment:` handed to `@serve.deployment` / `.options()` as they are.
@@ -34,7 +34,7 @@ class JudgesServeConfig:
     source: str = str(DEFAULT_CONFIG)
 
     def judges_path(self) -> Path:
-        from igmu.platform.generator import assets_dir
+        from igmu.world.assets import assets_dir
 
         return Path(self.judges_dir) if self.judges_dir else assets_dir() / "judges"
 

@@ -7,7 +7,7 @@ import contextlib
 import ray
 from ray import serve
 
-from igmu.platform.errors import UsageError
+from igmu.errors import UsageError
 from igmu.serve import APP_NAME, DEPLOYMENT_NAME
 from igmu.serve.app import app_from_config
 from igmu.serve.config import JudgesServeConfig

@@ -1,0 +1,95 @@
+"""`igmu pareto` and `igmu compare`: read finished sweeps and say which trials and algorithms are worth a look.
+
+Argument parsing only; the analysis lives in `igmu.analysis.frontier`, the plots and the report in
+`igmu.analysis.report`. Registered on the `igmu` group in `igmu.cli.main`.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import click
+
+from igmu.cli.output import emit, note
+
+DEFAULT_OBJECTIVES_TEXT = "forgetting,preservation"
+OBJECTIVES_HELP = ("Comma-separated objectives: forgetting, preservation, quality, alignment, robustness "
+                   "(maximised), efficiency_seconds (minimised). The first two are the plot axes.")
+
+
+@click.command("pareto")
+@click.argument("sweep")
+@click.option("--objectives", default=DEFAULT_OBJECTIVES_TEXT, show_default=True, help=OBJECTIVES_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the front as JSON instead of a table.")
+@click.option("--include-stopped", is_flag=True, help="Keep early-stopped trials that have scores (marked).")
+@click.option("--storage", default=None, help="Results root; default: $IGMU_RESULTS or ./igmu-results.")
+@click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
+              help="MLflow tracking URI; default: $MLFLOW_TRACKING_URI, else SQLite under the results root.")
+def pareto_command(sweep: str, objectives: str, as_json: bool, include_stopped: bool, storage: str | None,
+                   tracking_uri: str | None) -> None:
+    """Pareto front of SWEEP (a sweep name, its MLflow parent run id or a results .parquet file).
+
+    Tags the front's MLflow runs pareto=true and the sweep's other runs pareto=false, and logs the
+    plot (PNG and interactive HTML) to the parent run.
+    """
+    from igmu.analysis.frontier import (
+        compute_frontier,
+        format_front_table,
+        frontier_json,
+        load_sweep_table,
+        locate_sweep,
+        parse_objectives,
+    )
+
+    names = parse_objectives(objectives)
+    source = locate_sweep(sweep, storage, tracking_uri)
+    frontier = compute_frontier(load_sweep_table(source), names, include_stopped, label=f"sweep {source.label!r}")
+    emit(frontier_json(frontier), as_json, lambda _: click.echo(format_front_table(frontier, source.label)))
+    message = record_sweep_front(source, frontier)
+    if message:
+        note(message)
+
+
+def record_sweep_front(source, frontier) -> str | None:
+    """Tag the front's MLflow runs and log the Pareto plots to the parent run; a note if skipped."""
+    from igmu.analysis.frontier import record_front
+    from igmu.analysis.report import write_pareto_plots
+
+    if source.mlflow_note is not None:
+        return source.mlflow_note
+    with tempfile.TemporaryDirectory(prefix="igmu-pareto-") as folder:
+        return record_front(source, frontier, write_pareto_plots(frontier, Path(folder), source.label))
+
+
+@click.command("compare")
+@click.argument("sweeps", nargs=-1, required=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("report"), show_default=True,
+              help="Folder for report.md, report.html, fronts.png and the knee-point grids.")
+@click.option("--objectives", default=DEFAULT_OBJECTIVES_TEXT, show_default=True, help=OBJECTIVES_HELP)
+@click.option("--include-stopped", is_flag=True, help="Keep early-stopped trials that have scores.")
+@click.option("--storage", default=None, help="Results root; default: $IGMU_RESULTS or ./igmu-results.")
+@click.option("--json", "as_json", is_flag=True, help="Print the leaderboard as JSON instead of a table.")
+def compare_command(sweeps: tuple[str, ...], out: Path, objectives: str, include_stopped: bool,
+                    storage: str | None, as_json: bool) -> None:
+    """Leaderboard of the algorithms in one or more SWEEPS, with a Markdown and an HTML report."""
+    from igmu.analysis.frontier import (
+        compare_algorithms,
+        distinct_sources,
+        load_sweep_table,
+        locate_sweep,
+        parse_objectives,
+        text_table,
+    )
+    from igmu.analysis.report import leaderboard_table, write_compare_report
+
+    names = parse_objectives(objectives)
+    sources = distinct_sources(locate_sweep(sweep, storage) for sweep in sweeps)
+    loaded = [(source, load_sweep_table(source)) for source in sources]
+    written = write_compare_report(compare_algorithms(loaded, names, include_stopped), sources, out)
+
+    def table(report):
+        click.echo(text_table(*leaderboard_table(report["leaderboard"])))
+        click.echo(f"report: {report['markdown']}  {report['html']}")
+
+    emit(written, as_json, table)

@@ -1,0 +1,117 @@
+"""`igmu eval`, `igmu algorithms` and `igmu run`: score a model, list the algorithms, unlearn once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from igmu.cli.output import emit, quiet_libraries
+from igmu.errors import UsageError
+
+
+@click.command("eval")
+@click.option("--model", default="base", show_default=True,
+              help="'base' (the shipped world model) or a model folder (text-to-image or image-to-image).")
+@click.option("--target", required=True, help="Concept to score forgetting of (see 'igmu world concepts').")
+@click.option("--budget", default="full", show_default=True, help="small (forgetting, preservation) or full (all five).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--grid", "grid_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Save a before/after image grid (PNG).")
+@click.option("--json", "as_json", is_flag=True, help="Print the scorecard as JSON.")
+def eval_command(model: str, target: str, budget: str, seed: int, grid_path: Path | None, as_json: bool) -> None:
+    """Score a generator on the five aspects for one target concept."""
+    quiet_libraries()
+    from igmu.metrics.base import check_budget
+    from igmu.metrics.scorecard import build_context, format_table, scorecard
+    from igmu.models.image_to_image import is_i2i_folder, load_i2i
+    from igmu.models.text_to_image import load_generator
+    from igmu.world.concepts import get_concept
+
+    get_concept(target)
+    check_budget(budget)
+    generator = load_i2i(model) if is_i2i_folder(model) else load_generator(model)
+    ctx = build_context(generator, target, budget, seed=seed)
+    card = scorecard(ctx)
+    if grid_path:
+        from igmu.metrics.grid import save_grid
+
+        save_grid(ctx, grid_path)
+    emit(card, as_json, lambda c: click.echo(format_table(c)))
+
+
+def _parse_sets(pairs: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--set {pair!r} is not key=value; e.g. --set lr=1e-4")
+        out[key.strip()] = value.strip()
+    return out
+
+
+@click.command("algorithms")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def algorithms_command(as_json: bool) -> None:
+    """List every registered unlearning algorithm with its hyperparameters, paper and repository."""
+    from igmu.algorithms.base import ALGORITHMS
+
+    rows = [cls.describe() for _, cls in sorted(ALGORITHMS.items())]
+
+    def table(items):
+        for item in items:
+            click.echo(f"{item['name']}: {item['doc']}\n  paper: {item['paper']}\n  code:  {item['repo']}")
+            for hp in item["hyperparameters"]:
+                valid = hp.get("choices") or hp.get("range")
+                click.echo(f"    {hp['name']:<18} {hp['type']:<7} default={hp['default']!s:<10} valid={valid}  {hp['doc']}")
+            for category, defaults in item["category_defaults"].items():
+                shown = ", ".join(f"{k}={v}" for k, v in defaults.items())
+                click.echo(f"    defaults for {category} targets: {shown}")
+
+    emit(rows, as_json, table)
+
+
+@click.command("run")
+@click.option("--algorithm", required=True, help="Algorithm name (see 'igmu algorithms').")
+@click.option("--target", required=True, help="World concept, or for an SD model the prompt to unlearn.")
+@click.option("--model", default="base", show_default=True, help="'base' (the world model) or a model folder / hub id.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a hyperparameter (repeatable).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Save the model, changed weights, scorecard and image grid here.")
+@click.option("--budget", default="full", show_default=True, help="Evaluation budget: small or full.")
+@click.option("--json", "as_json", is_flag=True, help="Print the scorecard as JSON.")
+def run_command(algorithm: str, target: str, model: str, sets: tuple[str, ...], seed: int, out: Path | None,
+                budget: str, as_json: bool) -> None:
+    """One unlearning run followed by the five-aspect scorecard plus efficiency."""
+    quiet_libraries()
+    from igmu.metrics.base import check_budget
+    from igmu.metrics.scorecard import build_context, format_table, scorecard
+    from igmu.run import build_unlearner, load_model_for, save_run, unlearn
+
+    check_budget(budget)
+    overrides = _parse_sets(sets)
+    generator = load_model_for(algorithm, model)
+    unlearner = build_unlearner(algorithm, generator, target, overrides, seed=seed)
+    efficiency, changed = unlearn(unlearner, progress=not as_json)
+    generator.source = f"{algorithm}({target})"
+    if generator.kind in ("world", "i2i"):
+        ctx = build_context(generator, target, budget, seed=seed)
+        card = scorecard(ctx)
+    else:
+        ctx = None
+        click.echo("igmu: note: the five-aspect scorecard scores world models only; "
+                   "reporting efficiency for this Stable Diffusion run", err=True)
+        card = {"model": model, "target": target, "category": unlearner.task.category, "aspects": {}}
+    card["algorithm"] = algorithm
+    card["params"] = dict(vars(unlearner.params))
+    card["efficiency"] = efficiency
+    if out:
+        save_run(out, unlearner, card, changed)
+        if ctx is not None:
+            from igmu.metrics.grid import save_grid
+
+            save_grid(ctx, out / "grid.png")
+    emit(card, as_json, lambda c: click.echo(format_table(c)))
+
+

@@ -1,0 +1,111 @@
+"""`igmu sweep`, `igmu results` and `igmu ui`: run a sweep file, export its table, open MLflow."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from igmu.cli.output import note, quiet_libraries
+from igmu.errors import UsageError
+
+
+@click.command("sweep")
+@click.argument("sweep_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--address", default=None, help="Join a Ray cluster ('auto' or ray://host:port); default: a local Ray.")
+@click.option("--storage", default=None, help="Results root (a path or s3:// URI); default: $IGMU_RESULTS or ./igmu-results.")
+@click.option("--tracking-uri", default=None,
+              help="MLflow tracking URI; default: the sweep file's tracking.uri, else $MLFLOW_TRACKING_URI, "
+                   "else SQLite under the results root.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted sweep; finished trials are not rerun.")
+def sweep_command(sweep_file: Path, address: str | None, storage: str | None, tracking_uri: str | None,
+                  resume: bool) -> None:
+    """Search an algorithm's hyperparameters (Ray Tune + Optuna + ASHA); every trial goes to MLflow."""
+    quiet_libraries()
+    from igmu.sweep.file import load_sweep
+
+    config = load_sweep(sweep_file)  # every mistake in the file surfaces here, before anything runs
+    from igmu.sweep.engine import run_sweep
+
+    outcome = run_sweep(config, address=address, storage=storage, tracking_uri=tracking_uri, resume=resume)
+    click.echo(_sweep_summary(outcome, config))
+    _show_front(outcome, config, storage)
+
+
+def _show_front(outcome, config, storage: str | None) -> None:
+    """Print the Pareto front and log its plot to the parent run (issue: the sweep ends with it)."""
+    from igmu.analysis.frontier import (
+        compute_frontier,
+        front_summary,
+        load_sweep_table,
+        locate_sweep,
+    )
+    from igmu.cli.analysis import record_sweep_front
+
+    click.echo(front_summary(outcome.rows, config.objectives))
+    source = locate_sweep(config.name, storage, outcome.tracking_uri)
+    try:
+        frontier = compute_frontier(load_sweep_table(source), list(config.objectives), False,
+                                    label=f"sweep {config.name!r}")
+    except UsageError as err:  # e.g. no trial was scored: nothing to plot, the summary said why
+        note(f"no Pareto plot: {err}")
+        return
+    message = record_sweep_front(source, frontier)
+    if message:
+        note(message)
+
+
+def _sweep_summary(outcome, config) -> str:
+    lines = [f"sweep {outcome.name}: {len(outcome.rows)} trials, "
+             f"{sum(r['status'] == 'early_stopped' for r in outcome.rows)} stopped early, "
+             f"{sum(r['status'] == 'error' for r in outcome.rows)} failed; results: {outcome.table}"]
+    finished = [r for r in outcome.rows if r["status"] == "finished"]
+    for objective, mode in config.objectives.items():
+        scored = [r for r in finished if r.get(objective) == r.get(objective)]  # drop NaN
+        if scored:
+            best = (max if mode == "max" else min)(scored, key=lambda r: r[objective])
+            params = {k[6:]: v for k, v in best.items() if k.startswith("param_") and v == v}
+            lines.append(f"  best {objective}: {best[objective]:.3f}  trial {best['trial_id']} ({best['algorithm']}) {params}")
+    lines.append(f"open the MLflow UI: igmu ui --tracking-uri {outcome.tracking_uri}")
+    return "\n".join(lines)
+
+
+@click.command("results")
+@click.argument("sweep")
+@click.option("--format", "fmt", type=click.Choice(["parquet", "csv", "json"]), default="json", show_default=True)
+@click.option("--storage", default=None, help="Results root the sweep wrote to.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write here (required for parquet); default: stdout.")
+def results_command(sweep: str, fmt: str, storage: str | None, out: Path | None) -> None:
+    """Export a sweep's results table (one row per trial) as Parquet, CSV or JSON."""
+    from igmu.sweep.engine import load_table
+
+    table = load_table(sweep, storage)
+    if fmt == "parquet":
+        if out is None:
+            raise UsageError("--format parquet needs --out FILE")
+        table.to_parquet(out, index=False)
+        return
+    text = table.to_csv(index=False) if fmt == "csv" else table.to_json(orient="records", indent=2) + "\n"
+    if out:
+        out.write_text(text)
+    else:
+        click.echo(text, nl=False)
+
+
+@click.command("ui")
+@click.option("--tracking-uri", default=None, help="Default: the SQLite store under the results root.")
+@click.option("--storage", default=None, help="Results root (for the default store).")
+@click.option("--port", default=5000, show_default=True, type=int)
+def ui_command(tracking_uri: str | None, storage: str | None, port: int) -> None:
+    """Open MLflow's UI on the sweep store."""
+    import subprocess
+
+    from igmu.sweep.engine import results_root
+    from igmu.sweep.tracking import default_tracking_uri
+
+    uri = tracking_uri or default_tracking_uri(results_root(storage))
+    sys.exit(subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--port", str(port)]))
+
+

@@ -1,0 +1,116 @@
+"""One unlearning run: build the task, run the algorithm, score it, save what it changed."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from igmu.algorithms.base import Unlearner, get_algorithm, make_params
+from igmu.algorithms.loop import run_unlearning
+from igmu.algorithms.task import (
+    DEFAULT_SD_CATEGORY,
+    UnlearningTask,
+    prompt_task,
+    world_task,
+)
+from igmu.errors import UsageError
+from igmu.models.text_to_image import Generator
+
+
+def build_task(generator: Generator, target: str, category: str | None = None, anchor: str = "") -> UnlearningTask:
+    """World models (text-to-image and image-to-image) unlearn a world concept; SD models any prompt."""
+    if generator.kind in ("world", "i2i"):
+        return world_task(target)
+    return prompt_task(target, category or DEFAULT_SD_CATEGORY, anchor=anchor)
+
+
+def load_model_for(algorithm: str, model: str, device: str | None = None):
+    """The generator `algorithm` edits: an image-to-image algorithm (generator_kinds ("i2i",))
+    gets the world's image-to-image generator for 'base'/'world', or a saved one; every other
+    algorithm a text-to-image `Generator`."""
+    from igmu.models.image_to_image import is_i2i_folder, load_i2i
+    from igmu.models.text_to_image import load_generator
+
+    kinds = get_algorithm(algorithm).generator_kinds
+    if "i2i" in kinds and (model in ("base", "world") or is_i2i_folder(model)):
+        return load_i2i(model, device=device)
+    if "i2i" in kinds:
+        raise UsageError(f"algorithm {algorithm!r} edits image-to-image generators; model {model!r} is not one; "
+                         "valid: 'base' or a folder saved by an image-to-image run")
+    return load_generator(model, device=device)
+
+
+def build_unlearner(algorithm: str, generator: Generator, target: str, overrides: dict,
+                    seed: int = 0, category: str | None = None, anchor: str = "") -> Unlearner:
+    cls = get_algorithm(algorithm)
+    task = build_task(generator, target, category, anchor)
+    return cls(generator, task, make_params(cls, overrides, task.category), seed=seed)
+
+
+def resolved_params(algorithm: str, overrides: dict, category: str | None) -> dict:
+    """The hyperparameters a run actually uses: defaults, then category defaults, then overrides."""
+    return dataclasses.asdict(make_params(get_algorithm(algorithm), overrides, category))
+
+
+def changed_tensors(before: dict[str, torch.Tensor], module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: t.detach().cpu().clone() for name, t in module.state_dict().items()
+            if not torch.equal(t.detach().cpu(), before[name])}
+
+
+def changed_bytes(before: dict[str, torch.Tensor], changed: dict[str, torch.Tensor]) -> int:
+    """Bytes of the individual parameter entries that differ from the base model."""
+    return sum(int((t != before[name]).sum()) * t.element_size() for name, t in changed.items())
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak accelerator memory on CUDA; on the CPU, the process's peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
+def unlearn(unlearner: Unlearner, progress: bool = False) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Run the algorithm; returns efficiency figures and the changed UNet / text-encoder tensors."""
+    gen = unlearner.generator
+    before = {f"{key}.{n}": t.detach().cpu().clone() for key, m in unlearner.trainable_modules().items()
+              for n, t in m.state_dict().items()}
+    if gen.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(gen.device)
+    started = time.time()
+    history = run_unlearning(unlearner, progress=progress)
+    seconds = time.time() - started
+    gen.train_mode(False)
+    changed = {}
+    for key, module in unlearner.trainable_modules().items():
+        prefix = {n[len(key) + 1:]: t for n, t in before.items() if n.startswith(key + ".")}
+        changed.update({f"{key}.{n}": t for n, t in changed_tensors(prefix, module).items()})
+    efficiency = {"seconds": round(seconds, 2), "peak_memory_mb": round(peak_memory_mb(gen.device), 1),
+                  "changed_bytes": changed_bytes(before, changed),
+                  "steps": len(history), "final_losses": history[-1] if history else {}}
+    return efficiency, changed
+
+
+def save_run(out: Path, unlearner: Unlearner, card: dict, changed: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    unlearner.generator.save(out / "model")
+    save_file({k: v.contiguous() for k, v in changed.items()}, str(out / "changed.safetensors"))
+    config = {"algorithm": unlearner.name, "target": unlearner.task.target, "seed": unlearner.seed,
+              "params": dataclasses.asdict(unlearner.params)}
+    _write_json(out / "config.json", config)
+    _write_json(out / "scorecard.json", card)
+
+
+def _write_json(path: Path, data) -> None:
+    partial = path.with_suffix(path.suffix + ".tmp")
+    partial.write_text(json.dumps(data, indent=2))
+    os.replace(partial, path)

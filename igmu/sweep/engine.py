@@ -1,0 +1,278 @@
+"""`igmu sweep FILE`: Ray Tune + Optuna + ASHA over one sweep file, every trial tracked in MLflow.
+
+Layout of a sweep's outputs, under the results root (`--storage`, `IGMU_RESULTS`, or
+`./igmu-results`, always made absolute because Tune changes each trial's working directory):
+
+    <root>/mlflow.db                 default MLflow store (SQLite, absolute URI)
+    <root>/<sweep>/sweep.json        the MLflow parent run (reused on --resume)
+    <root>/<sweep>/tune/             Tune's experiment: trial checkpoints, searcher state
+    <root>/<sweep>/trials/<id>/      each finished trial's scorecard.json and grid.png
+    <root>/<sweep>/results.parquet   one row per trial
+    <root>/<sweep>/images/           original-model images shared by every trial
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from igmu.sweep.file import WORLD_MODEL, Distribution, SweepConfig, check_resources
+from igmu.sweep.tracking import (
+    SWEEP_TAG,
+    MlflowTracker,
+    finish_parent,
+    resolve_tracking_uri,
+    start_parent_run,
+)
+
+RESULTS_ENV = "IGMU_RESULTS"
+# JSON {budget: {forget: n, retain: n, ...}}: smaller evaluation budgets for smoke runs and tests.
+BUDGET_SIZES_ENV = "IGMU_BUDGET_SIZES"
+DEFAULT_RESULTS = "igmu-results"
+
+
+@dataclass
+class SweepOutcome:
+    name: str
+    sweep_dir: Path
+    table: Path
+    tracking_uri: str
+    parent_run_id: str
+    rows: list[dict]
+
+
+def is_uri(storage: str | None) -> bool:
+    return bool(storage) and "://" in storage
+
+
+def results_root(storage: str | None = None) -> Path:
+    """The local results root. A URI `--storage` (s3://...) holds Tune's checkpoints only; the
+    MLflow store default, the trials' artifacts and the results table stay local."""
+    local = None if is_uri(storage) else storage
+    return Path(local or os.environ.get(RESULTS_ENV, DEFAULT_RESULTS)).expanduser().resolve()
+
+
+def tune_storage(storage: str | None, sweep_dir: Path) -> str:
+    """Where Tune keeps the experiment: shared storage when given, so trials resume across nodes."""
+    return f"{storage.rstrip('/')}/{sweep_dir.name}" if is_uri(storage) else str(sweep_dir)
+
+
+def algorithm_steps(config: SweepConfig, name: str) -> int:
+    """The most steps a trial of `name` can run in this sweep's space (its ASHA `max_t`)."""
+    from igmu.run import resolved_params
+
+    steps = config.algorithms[name].params.get("steps")
+    if isinstance(steps, Distribution):
+        steps = max(steps.args) if steps.kind in ("choice", "grid") else steps.args[1]
+    if steps is None:
+        steps = resolved_params(name, {}, sweep_category(config)).get("steps", 1)
+    return max(1, int(steps))
+
+
+def sweep_category(config: SweepConfig) -> str:
+    from igmu.algorithms.task import target_category
+
+    return target_category(config.target, world=config.model == WORLD_MODEL)
+
+
+def make_search_alg(config: SweepConfig):
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+
+    from igmu.sweep.space import optuna_objectives
+
+    search = config.search
+    if search.sampler in ("random", "grid"):
+        return BasicVariantGenerator(random_state=search.seed, max_concurrent=search.max_concurrent)
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    metrics, modes = optuna_objectives(config)
+    sampler = (optuna.samplers.TPESampler(seed=search.seed) if search.sampler == "tpe"
+               else optuna.samplers.NSGAIISampler(seed=search.seed))
+    single = len(metrics) == 1
+    searcher = OptunaSearch(metric=metrics[0] if single else metrics, mode=modes[0] if single else modes,
+                            sampler=sampler)
+    return ConcurrencyLimiter(searcher, max_concurrent=search.max_concurrent)
+
+
+def make_scheduler(config: SweepConfig):
+    """ASHA (one per algorithm when the sweep has several: see `schedulers`), HyperBand or FIFO.
+    `max_t` is the number of reports a trial that runs to the end makes."""
+    from ray.tune.schedulers import FIFOScheduler, HyperBandScheduler
+
+    from igmu.sweep.schedulers import PerAlgorithmASHA, asha
+    from igmu.sweep.space import scheduler_metric
+    from igmu.sweep.trainable import evaluations
+
+    stop = config.early_stop
+    metric, mode = scheduler_metric(config)
+    max_t_by_algorithm = {name: evaluations(algorithm_steps(config, name), stop.eval_every)
+                          for name in config.algorithms}
+    max_t = max(max_t_by_algorithm.values())
+    if stop.scheduler == "asha" and len(max_t_by_algorithm) > 1:
+        return PerAlgorithmASHA(metric, mode, max_t_by_algorithm, stop.grace_period, stop.reduction_factor)
+    if stop.scheduler == "asha":
+        return asha(metric, mode, max_t, stop.grace_period, stop.reduction_factor)
+    if stop.scheduler == "hyperband":
+        return HyperBandScheduler(time_attr="training_iteration", metric=metric, mode=mode, max_t=max_t,
+                                  reduction_factor=stop.reduction_factor)
+    return FIFOScheduler()
+
+
+def trial_settings(config: SweepConfig, sweep_dir: Path, **extra) -> dict:
+    """Fixed, JSON-safe settings every trial reads from `config['igmu']`."""
+    return {"model": config.model, "target": config.target, "anchor": config.anchor, "seed": config.search.seed,
+            "category": sweep_category(config),
+            "eval_every": config.early_stop.eval_every, "interim_budget": config.eval.interim,
+            "final_budget": config.eval.final, "judges": config.eval.judges, "objectives": list(config.objectives),
+            "out_dir": str(sweep_dir / "trials"), "cache_dir": str(sweep_dir / "images"),
+            "threads": max(1, int(config.resources.cpu)), **_budget_sizes_from_env(), **extra}
+
+
+def _budget_sizes_from_env() -> dict:
+    text = os.environ.get(BUDGET_SIZES_ENV)
+    return {"budget_sizes": json.loads(text)} if text else {}
+
+
+def init_ray(address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+    else:
+        # "local" always starts a fresh Ray: a bare ray.init() would silently join any
+        # `ray start` cluster left running on this machine.
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+                 log_to_driver=False)
+
+
+def gpu_capacity() -> float:
+    """GPUs the cluster has now, or can grow to: an autoscaling cluster (KubeRay's GPU worker group
+    at minReplicas 0) starts with none, and its autoscaler records each group's max in the GCS."""
+    import ray
+    from ray._private.state import (
+        state,  # the same record Ray Train checks before it schedules
+    )
+
+    now = float(ray.cluster_resources().get("GPU", 0))
+    most = (state.get_max_resources_from_cluster_config() or {}).get("GPU", 0)
+    return max(now, float(most))
+
+
+def judges_service(place: str):
+    """With `eval.judges: serve`, the judges app on the sweep's Ray for the sweep's duration (one
+    already running, say from a RayService, is used and left running)."""
+    if place != "serve":
+        return contextlib.nullcontext()
+    from igmu.serve.config import load_serve_config
+    from igmu.serve.control import shared_judges
+
+    return shared_judges(load_serve_config())
+
+
+def run_sweep(config: SweepConfig, *, address: str | None = None, storage: str | None = None,
+              tracking_uri: str | None = None, resume: bool = False, verbose: int = 1,
+              extra_settings: dict | None = None) -> SweepOutcome:
+    from mlflow.tracking import MlflowClient
+    from ray import tune
+
+    from igmu.sweep.space import to_tune_space
+    from igmu.sweep.trainable import SETTINGS_KEY, run_trial
+
+    root = results_root(storage)
+    sweep_dir = root / config.name
+    uri = resolve_tracking_uri(tracking_uri, config.tracking.uri, root)
+    init_ray(address)
+    check_resources(config, available_gpus=gpu_capacity())
+    client = MlflowClient(uri)
+    experiment_id, parent = start_parent_run(client, config.tracking.experiment or config.name, config.name,
+                                             sweep_dir / "sweep.json", Path(config.path).read_text())
+    from igmu.world.concepts import get_concept
+
+    category = get_concept(config.target).category if config.model == "world" else "prompt"
+    tracker = MlflowTracker(uri, experiment_id, parent, tags={SWEEP_TAG: config.name, "target": config.target,
+                                                              "category": category})
+    space = {**to_tune_space(config), SETTINGS_KEY: trial_settings(config, sweep_dir, **(extra_settings or {}))}
+    trainable = tune.with_resources(run_trial, {"cpu": config.resources.cpu, "gpu": config.resources.gpu})
+    tune_dir = f"{tune_storage(storage, sweep_dir)}/tune"
+    if resume and tune.Tuner.can_restore(tune_dir):
+        tuner = tune.Tuner.restore(tune_dir, trainable, resume_unfinished=True, resume_errored=True,
+                                   param_space=space)
+    else:
+        tuner = tune.Tuner(
+            trainable, param_space=space,
+            tune_config=tune.TuneConfig(search_alg=make_search_alg(config), scheduler=make_scheduler(config),
+                                        num_samples=config.search.num_samples,
+                                        max_concurrent_trials=config.search.max_concurrent),
+            run_config=tune.RunConfig(name="tune", storage_path=tune_storage(storage, sweep_dir), callbacks=[tracker],
+                                      verbose=verbose,
+                                      failure_config=tune.FailureConfig(max_failures=2),
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
+    with judges_service(config.eval.judges):
+        grid = tuner.fit()
+    rows = result_rows(grid, MlflowClient(uri), experiment_id, parent)
+    table = write_table(rows, sweep_dir / "results.parquet")
+    finish_parent(client, parent)
+    return SweepOutcome(config.name, sweep_dir, table, uri, parent, rows)
+
+
+def result_rows(grid, client, experiment_id: str, parent_run_id: str) -> list[dict]:
+    """One row per trial, joined with its MLflow run (found by tag, so resumed sweeps join too)."""
+    from igmu.metrics.base import ASPECTS
+    from igmu.run import resolved_params
+    from igmu.sweep.space import trial_params
+    from igmu.sweep.tracking import PARENT_TAG, TRIAL_TAG
+    from igmu.sweep.trainable import FINAL, SETTINGS_KEY
+
+    runs = {r.data.tags.get(TRIAL_TAG): r for r in client.search_runs(
+        [experiment_id], f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=10_000)}
+    rows = []
+    for result in grid:
+        metrics = result.metrics or {}
+        trial_id = metrics.get("trial_id")
+        algorithm, overrides = trial_params(result.config)
+        params = resolved_params(algorithm, overrides, result.config[SETTINGS_KEY].get("category"))
+        run = runs.get(trial_id)
+        done = bool(metrics.get(FINAL))
+        status = "error" if result.error else ("finished" if done else "early_stopped")
+        row = {"trial_id": trial_id, "algorithm": algorithm,
+               **{f"param_{k}": (str(v) if isinstance(v, str) else v) for k, v in params.items()},
+               "status": status, "early_stopped": status == "early_stopped", "steps": metrics.get("step"),
+               **{aspect: (float(metrics[aspect]) if done and aspect in metrics else math.nan) for aspect in ASPECTS},
+               "forget_retain_hmean": metrics.get("forget_retain_hmean", math.nan),
+               "efficiency_seconds": metrics.get("efficiency_seconds", math.nan),
+               "trial_seconds": metrics.get("time_total_s", math.nan),
+               "mlflow_run_id": run.info.run_id if run else None}
+        rows.append(row)
+    return rows
+
+
+def write_table(rows: list[dict], path: Path) -> Path:
+    import pandas as pd
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".parquet.tmp")
+    pd.DataFrame(rows).to_parquet(partial, index=False)
+    os.replace(partial, path)
+    return path
+
+
+def load_table(sweep: str, storage: str | None = None):
+    """A sweep's results table, by sweep name (under the results root) or a Parquet path."""
+    import pandas as pd
+
+    from igmu.errors import UsageError
+
+    path = Path(sweep)
+    if path.suffix != ".parquet":
+        path = results_root(storage) / sweep / "results.parquet"
+    if not path.is_file():
+        raise UsageError(f"no results table for {sweep!r} (looked at {path}); valid: a sweep name or a .parquet file")
+    return pd.read_parquet(path)

@@ -1,0 +1,136 @@
+"""The Tune trainable: one top-level function, a pure function of its config (style rule 6).
+
+A trial unlearns, runs the small evaluation every `eval_every` steps and reports it with a
+checkpoint (so ASHA/HyperBand can stop it and a crashed trial resumes bit-for-bit), and replaces its
+last interim evaluation by the full five-aspect scorecard. It never writes to MLflow: the driver is
+the only writer (see `igmu.sweep.tracking`), so concurrent trials cannot lock the store.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from ray import tune
+
+from igmu.algorithms.loop import run_unlearning
+from igmu.metrics.cache import ImageCache
+from igmu.metrics.context import Budget
+from igmu.metrics.scorecard import build_context, scorecard
+from igmu.models.judges import load_judges
+from igmu.run import build_unlearner, load_model_for, peak_memory_mb
+from igmu.sweep.space import trial_params
+from igmu.world.assets import assets_dir
+
+SETTINGS_KEY = "igmu"
+HMEAN = "forget_retain_hmean"
+# Marks the report that carries the full scorecard. Not "done": Tune reserves that result key.
+FINAL = "final"
+STATE_FILE = "state.pt"
+
+
+def harmonic_mean(a: float, b: float) -> float:
+    return 0.0 if a <= 0 or b <= 0 else 2 * a * b / (a + b)
+
+
+def run_trial(config: dict) -> None:
+    settings = config[SETTINGS_KEY]
+    fail_once_marker = settings.get("fail_once_marker")
+    algorithm, overrides = trial_params(config)
+    torch.set_num_threads(max(1, int(settings.get("threads", 1))))
+    generator = load_model_for(algorithm, settings["model"])
+    unlearner = build_unlearner(algorithm, generator, settings["target"], overrides, seed=settings["seed"],
+                                anchor=settings.get("anchor") or "")
+    original = load_model_for(algorithm, settings["model"])
+    judges = trial_judges(settings.get("judges", "local"), generator.device)
+    cache = ImageCache(settings.get("cache_dir"))
+    unlearner.prepare()
+    elapsed = _restore(unlearner)
+    trial_dir = Path(settings["out_dir"]) / tune.get_context().get_trial_id()
+    eval_every = max(1, int(settings["eval_every"]))
+    started = time.time() - elapsed
+
+    def evaluate(budget: str) -> dict:
+        sizes = settings.get("budget_sizes", {}).get(budget)  # smaller budgets for tests and smoke runs
+        ctx = build_context(generator, settings["target"], Budget(budget, **sizes) if sizes else budget,
+                            original=original, judges=judges,
+                            cache=cache, seed=settings["seed"])
+        return scorecard(ctx), ctx
+
+    def on_step(step: int, _losses: dict) -> None:
+        last = step >= unlearner.total_steps
+        if step % eval_every and not last:
+            return
+        if fail_once_marker and not Path(fail_once_marker).exists():
+            Path(fail_once_marker).write_text("failed once")
+            raise RuntimeError("injected failure (test hook)")
+        generator.train_mode(False)
+        card, ctx = evaluate(settings["final_budget"] if last else settings["interim_budget"])
+        generator.train_mode(True)
+        metrics = _metrics(card, step, last)
+        for objective in settings["objectives"]:  # searchers need every objective in every report
+            metrics.setdefault(objective, math.nan)
+        if last:
+            metrics.update(_finish(card, ctx, unlearner, trial_dir, time.time() - started))
+        _report(metrics, unlearner, time.time() - started)
+
+    run_unlearning(unlearner, on_step=on_step, prepared=True)
+
+
+def trial_judges(place: str, device) -> dict:
+    """The detector judges a trial scores with: its own copy, or the shared Ray Serve app's."""
+    if place == "serve":
+        from igmu.serve.client import serve_judges
+
+        return serve_judges()
+    return load_judges(assets_dir() / "judges", device=device)
+
+
+def _metrics(card: dict, step: int, final: bool) -> dict:
+    scores = {aspect: float(result["score"]) for aspect, result in card["aspects"].items()}
+    metrics = {"step": step, FINAL: final, **scores,
+               HMEAN: harmonic_mean(scores.get("forgetting", 0.0), scores.get("preservation", 0.0))}
+    if "robustness" in card["aspects"]:
+        metrics["pre_asr"] = card["aspects"]["robustness"]["pre_asr"]
+        metrics["post_asr"] = card["aspects"]["robustness"]["post_asr"]
+    return metrics
+
+
+def _finish(card: dict, ctx, unlearner, trial_dir: Path, seconds: float) -> dict:
+    """Write the trial's scorecard, config and image grid for the driver to log as artifacts."""
+    from igmu.metrics.grid import save_grid
+
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    efficiency = {"efficiency_seconds": round(seconds, 2),
+                  "efficiency_peak_memory_mb": round(peak_memory_mb(unlearner.generator.device), 1)}
+    card = {**card, "algorithm": unlearner.name, "params": dict(vars(unlearner.params)), "efficiency": efficiency}
+    (trial_dir / "scorecard.json").write_text(json.dumps(card, indent=2, default=str))
+    save_grid(ctx, trial_dir / "grid.png")
+    return {**efficiency, "artifacts_dir": str(trial_dir)}
+
+
+def _report(metrics: dict, unlearner, elapsed: float) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        torch.save({"unlearner": unlearner.state_dict(), "elapsed": elapsed}, os.path.join(folder, STATE_FILE))
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def _restore(unlearner) -> float:
+    """Resume from the trial's latest checkpoint, if Tune handed one back; returns elapsed seconds."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return 0.0
+    with checkpoint.as_directory() as folder:
+        state = torch.load(os.path.join(folder, STATE_FILE), weights_only=True)
+    unlearner.load_state_dict(state["unlearner"])
+    return float(state["elapsed"])
+
+
+def evaluations(total_steps: int, eval_every: int) -> int:
+    """How many reports a trial that runs to the end makes (ASHA's max_t)."""
+    return max(1, math.ceil(total_steps / max(1, eval_every)))
