@@ -11,6 +11,8 @@ import subprocess
 import sys
 import time
 
+from igmu.models.kinds import WorldTextToImage
+
 
 def igmu(*args: str) -> dict:
     result = subprocess.run([sys.executable, "-m", "igmu.cli", *args, "--json"], capture_output=True, text=True)
@@ -24,7 +26,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--targets", default="ball,hazard")
-    text_to_image = sorted(name for name, cls in ALGORITHMS.items() if "world" in cls.generator_kinds)
+    text_to_image = sorted(name for name, cls in ALGORITHMS.items() if WorldTextToImage in cls.generator_kinds)
     parser.add_argument("--algorithms", default=",".join(text_to_image),
                         help="text-to-image algorithms (image-to-image ones: bench/i2i.py)")
     parser.add_argument("--json", action="store_true")

@@ -12,6 +12,8 @@ import time
 
 from algorithms import igmu
 
+from igmu.models.kinds import WorldImageToImage
+
 FORGET_BAR, RETAIN_BAR = 0.5, 0.9
 
 
@@ -40,7 +42,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--targets", default="ball")
     parser.add_argument("--algorithms", default=",".join(sorted(n for n, c in ALGORITHMS.items()
-                                                                if "i2i" in c.generator_kinds)))
+                                                                if WorldImageToImage in c.generator_kinds)))
     parser.add_argument("--set", dest="sets", action="append", default=[], help="hyperparameter override")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()

@@ -15,39 +15,27 @@ import torch
 from igmu.algorithms.base import Unlearner, get_algorithm, make_params
 from igmu.algorithms.loop import run_unlearning
 from igmu.algorithms.task import (
-    DEFAULT_SD_CATEGORY,
     UnlearningTask,
     prompt_task,
     world_task,
 )
-from igmu.errors import UsageError
-from igmu.models.text_to_image import Generator
+from igmu.models.kinds import load
 
 
-def build_task(generator: Generator, target: str, category: str | None = None, anchor: str = "") -> UnlearningTask:
-    """World models (text-to-image and image-to-image) unlearn a world concept; SD models any prompt."""
-    if generator.kind in ("world", "i2i"):
+def build_task(generator, target: str, category: str | None = None, anchor: str = "") -> UnlearningTask:
+    """What to unlearn: a world concept's derived prompt sets, or a prompt with the user's anchor."""
+    if generator.kind.world_concepts:
         return world_task(target)
-    return prompt_task(target, category or DEFAULT_SD_CATEGORY, anchor=anchor)
+    return prompt_task(target, generator.kind.category_of(target, category), anchor=anchor)
 
 
 def load_model_for(algorithm: str, model: str, device: str | None = None):
-    """The generator `algorithm` edits: an image-to-image algorithm (generator_kinds ("i2i",))
-    gets the world's image-to-image generator for 'base'/'world', or a saved one; every other
-    algorithm a text-to-image `Generator`."""
-    from igmu.models.image_to_image import is_i2i_folder, load_i2i
-    from igmu.models.text_to_image import load_generator
-
-    kinds = get_algorithm(algorithm).generator_kinds
-    if "i2i" in kinds and (model in ("base", "world") or is_i2i_folder(model)):
-        return load_i2i(model, device=device)
-    if "i2i" in kinds:
-        raise UsageError(f"algorithm {algorithm!r} edits image-to-image generators; model {model!r} is not one; "
-                         "valid: 'base' or a folder saved by an image-to-image run")
-    return load_generator(model, device=device)
+    """The generator `algorithm` edits: `model` loaded as one of the kinds the algorithm declares
+    ('base' is the first of them that igmu ships)."""
+    return load(model, kinds=get_algorithm(algorithm).generator_kinds, device=device)
 
 
-def build_unlearner(algorithm: str, generator: Generator, target: str, overrides: dict,
+def build_unlearner(algorithm: str, generator, target: str, overrides: dict,
                     seed: int = 0, category: str | None = None, anchor: str = "") -> Unlearner:
     cls = get_algorithm(algorithm)
     task = build_task(generator, target, category, anchor)

@@ -21,9 +21,9 @@ def judges():
 
 @pytest.fixture(scope="session")
 def world_generator():
-    from igmu.models.text_to_image import load_generator
+    from igmu.models.kinds import load
 
-    return load_generator("world", device="cpu")
+    return load("world", device="cpu")
 
 
 @pytest.fixture(scope="session")

@@ -13,13 +13,13 @@ from igmu.algorithms.esd import esd_target
 from igmu.algorithms.loop import run_unlearning
 from igmu.algorithms.uce import uce_solve
 from igmu.errors import UsageError
-from igmu.models.text_to_image import load_generator
+from igmu.models.kinds import ALL_KINDS, StableDiffusion, WorldTextToImage, load
 from igmu.run import build_unlearner
 
 # Contract tests pick algorithms by the generators they declare they can edit (`generator_kinds`);
 # image-to-image algorithms have their own contract tests in test_i2i.py.
-WORLD_ALGORITHMS = sorted(name for name, cls in ALGORITHMS.items() if "world" in cls.generator_kinds)
-SD_ALGORITHMS = sorted(name for name, cls in ALGORITHMS.items() if "sd" in cls.generator_kinds)
+WORLD_ALGORITHMS = sorted(name for name, cls in ALGORITHMS.items() if WorldTextToImage in cls.generator_kinds)
+SD_ALGORITHMS = sorted(name for name, cls in ALGORITHMS.items() if StableDiffusion in cls.generator_kinds)
 
 # Small enough for CI: few training images, tiny batches.
 TINY = {"steps": 2, "batch_size": 2, "forget_images": 4, "retain_images": 4, "anchor_images": 4,
@@ -33,7 +33,7 @@ def tiny_overrides(name: str, **extra) -> dict:
 
 @pytest.fixture
 def world():
-    return load_generator("world", device="cpu")
+    return load("world", device="cpu")
 
 
 def snapshot(module):
@@ -42,7 +42,7 @@ def snapshot(module):
 
 def test_every_algorithm_declares_a_generator_kind_it_is_tested_on():
     for name, cls in ALGORITHMS.items():
-        assert cls.generator_kinds and set(cls.generator_kinds) <= {"world", "sd", "i2i"}, name
+        assert cls.generator_kinds and set(cls.generator_kinds) <= set(ALL_KINDS), name
 
 
 @pytest.mark.parametrize("name", WORLD_ALGORITHMS)
@@ -61,7 +61,7 @@ def test_contract_world_model(name, world):
 
 @pytest.mark.parametrize("name", SD_ALGORITHMS)
 def test_contract_tiny_stable_diffusion(name, tiny_sd_dir):
-    gen = load_generator(str(tiny_sd_dir), device="cpu")
+    gen = load(str(tiny_sd_dir), device="cpu")
     unlearner = build_unlearner(name, gen, "a photo of a cat", tiny_overrides(name), seed=0, anchor="a photo")
     history = run_unlearning(unlearner)
     assert len(history) == min(2, unlearner.total_steps)
@@ -70,7 +70,7 @@ def test_contract_tiny_stable_diffusion(name, tiny_sd_dir):
 @pytest.mark.parametrize("name", WORLD_ALGORITHMS)
 def test_state_dict_round_trip_resumes_bit_for_bit(name):
     def fresh():
-        gen = load_generator("world", device="cpu")
+        gen = load("world", device="cpu")
         u = build_unlearner(name, gen, "hazard", tiny_overrides(name, steps=4), seed=3)
         u.prepare()
         return u

@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from igmu.models.kinds import WorldImageToImage
+
 
 def igmu(*args):
     return subprocess.run([sys.executable, "-m", "igmu.cli", *args], capture_output=True, text=True)
@@ -87,7 +89,7 @@ def test_run_end_to_end_saves_model_scorecard_and_grid(name, tmp_path):
     card = json.loads(result.stdout)
     assert set(card["aspects"]) == {"forgetting", "preservation"}
     assert card["efficiency"]["changed_bytes"] > 0 and card["efficiency"]["seconds"] > 0
-    kind = "i2i" if "i2i" in ALGORITHMS[name].generator_kinds else "world"
+    kind = "i2i" if WorldImageToImage in ALGORITHMS[name].generator_kinds else "world"
     for path in (SAVED_WEIGHTS[kind], "changed.safetensors", "scorecard.json", "config.json", "grid.png"):
         assert (tmp_path / "out" / path).is_file(), path
     assert json.loads((tmp_path / "out" / "scorecard.json").read_text())["aspects"] == card["aspects"]

@@ -18,12 +18,13 @@ from igmu.errors import UsageError
 from igmu.metrics.context import Budget
 from igmu.metrics.scorecard import build_context, scorecard
 from igmu.models.check import GENERATOR_TARGETS, I2I_OBJECT_TARGET, i2i_accuracy, unmet_targets
-from igmu.models.image_to_image import MASK_TYPES, I2IGenerator, load_i2i
+from igmu.models.image_to_image import MASK_TYPES, I2IGenerator
+from igmu.models.kinds import WorldImageToImage
 from igmu.run import load_model_for
 from igmu.world.concept_images import concept_images, mosaics, shows
 from igmu.world.render import random_scene
 
-I2I_ALGORITHMS = sorted(name for name, cls in ALGORITHMS.items() if "i2i" in cls.generator_kinds)
+I2I_ALGORITHMS = sorted(name for name, cls in ALGORITHMS.items() if WorldImageToImage in cls.generator_kinds)
 TINY = {"steps": 2, "batch_size": 3, "forget_images": 4, "retain_images": 4}
 TINY_BUDGET = Budget("small", forget=6, retain=8, related=0, paraphrase=0)
 
@@ -49,7 +50,7 @@ def test_the_baselines_and_the_method_are_registered_as_image_to_image_algorithm
 
 def test_shipped_generator_completes_held_out_renders(judges):
     # 300 renders: the bound is lowered by about two standard errors of a 300-image estimate.
-    accuracy = i2i_accuracy(load_i2i("world", device="cpu"), judges, 300, seed=5151)
+    accuracy = i2i_accuracy(WorldImageToImage.load_shipped(device="cpu"), judges, 300, seed=5151)
     for mask in MASK_TYPES:
         assert accuracy[f"{mask}_object"] >= I2I_OBJECT_TARGET - 0.03, accuracy
     # An untrained generator is caught by the same check.
@@ -138,12 +139,12 @@ def test_image_sets_follow_the_target():
 def test_models_and_algorithms_must_match():
     with pytest.raises(UsageError, match="cannot edit a 'i2i' generator; valid kinds: world, sd"):
         ALGORITHMS["esd"](tiny_generator(), world_task("ball"))
-    with pytest.raises(UsageError, match="edits image-to-image generators"):
+    with pytest.raises(UsageError, match="this needs a generator of kind i2i"):
         load_model_for("i2i", "some/hub-model")
 
 
 def test_the_original_model_scored_against_itself(judges):
-    model = load_i2i("world", device="cpu")
+    model = WorldImageToImage.load_shipped(device="cpu")
     card = scorecard(build_context(model, "ball", TINY_BUDGET, original=model, judges=judges))
     assert card["aspects"]["forgetting"]["score"] == 0.0 and card["aspects"]["preservation"]["score"] == 1.0
     block = card["i2i"]
@@ -160,7 +161,7 @@ def test_igmu_run_adds_the_i2i_block_and_saves_a_loadable_model(capsys, tmp_path
                                 "original_retain_similarity"}
     assert set(card["aspects"]) == {"forgetting", "preservation"} and card["efficiency"]["steps"] == 2
     saved = load_model_for("i2i", str(tmp_path / "run" / "model"), device="cpu")
-    assert saved.kind == "i2i" and (tmp_path / "run" / "grid.png").is_file()
+    assert saved.kind is WorldImageToImage and (tmp_path / "run" / "grid.png").is_file()
     code = main(["eval", "--model", str(tmp_path / "run" / "model"), "--target", "ball", "--budget", "small",
                  "--json"])
     again = json.loads(capsys.readouterr().out)

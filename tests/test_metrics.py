@@ -7,8 +7,10 @@ import torch
 from igmu.errors import UsageError
 from igmu.metrics.base import ASPECTS, METRICS, MetricResult, check_budget, metrics_for
 from igmu.metrics.cache import ImageCache
-from igmu.metrics.context import attribute_hits, spread, target_detected
+from igmu.metrics.context import CONTEXTS, EvalContext, attribute_hits, can_score, context_for, spread, target_detected
 from igmu.metrics.frechet import frechet_distance
+from igmu.metrics.image_to_image import I2IEvalContext
+from igmu.models.kinds import ALL_KINDS
 from igmu.world.concepts import get_concept
 from igmu.world.prompts import PromptSpec
 from igmu.world.render import random_scene, render_batch
@@ -69,14 +71,23 @@ def test_metric_result_shape_and_bounds():
 
 
 def test_every_aspect_is_registered_with_a_documented_score():
-    assert {name for family, name in METRICS if family == "t2i"} == set(ASPECTS)
+    assert {name for context, name in METRICS if context is EvalContext} == set(ASPECTS)
     for spec in METRICS.values():
         assert "Score" in spec.doc, spec.name
-    assert {m.name for m in metrics_for("small")} == {"forgetting", "preservation"}
-    assert {m.name for m in metrics_for("full")} == set(ASPECTS)
+    assert [m.name for m in metrics_for("small", EvalContext)] == ["forgetting", "preservation"]
+    assert [m.name for m in metrics_for("full", EvalContext)] == list(ASPECTS)
     # Alignment and robustness read prompts; an image-to-image generator has none (not applicable).
-    assert {m.name for m in metrics_for("small", "i2i")} == {"forgetting", "preservation"}
-    assert {m.name for m in metrics_for("full", "i2i")} == {"forgetting", "preservation", "quality"}
+    assert {m.name for m in metrics_for("small", I2IEvalContext)} == {"forgetting", "preservation"}
+    assert {m.name for m in metrics_for("full", I2IEvalContext)} == {"forgetting", "preservation", "quality"}
+
+
+def test_every_generator_kind_is_scored_or_refused_in_one_line():
+    for kind in ALL_KINDS:
+        if can_score(kind):
+            assert kind in CONTEXTS
+        else:
+            with pytest.raises(UsageError, match="scorecard currently scores world, i2i models"):
+                context_for(kind, "some-model")
 
 
 def test_unknown_budget_is_a_usage_error():
@@ -124,9 +135,9 @@ class RenderCache(ImageCache):
 def render_context(judges, world_generator, target, erase=False):
     from igmu.metrics.context import Budget
     from igmu.metrics.scorecard import build_context
-    from igmu.models.text_to_image import load_generator
+    from igmu.models.kinds import load
 
-    model = load_generator("world", device="cpu")
+    model = load("world", device="cpu")
     budget = Budget("full", forget=24, retain=48, related=24, paraphrase=24, attack_prompts=0)
     ctx = build_context(model, target, budget, original=world_generator, judges=judges)
     specs = {p.text: p for specs in ctx.prompt_specs.values() for p in specs}

@@ -7,7 +7,8 @@ import torch
 
 from igmu.errors import UsageError
 from igmu.models.check import GENERATOR_TARGETS, JUDGE_TARGET, generator_accuracy, judge_accuracy
-from igmu.models.text_to_image import load_generator, world_model_dir
+from igmu.models.kinds import StableDiffusion, load
+from igmu.models.text_to_image import world_model_dir
 
 
 def test_judges_are_accurate_on_fresh_renders(judges):
@@ -57,8 +58,8 @@ def test_sampling_is_seeded(world_generator):
 
 
 def test_tiny_stable_diffusion_goes_through_the_same_interface(tiny_sd_dir):
-    gen = load_generator(str(tiny_sd_dir), device="cpu")
-    assert gen.kind == "sd" and gen.latent_shape == (4, 8, 8)
+    gen = load(str(tiny_sd_dir), device="cpu")
+    assert gen.kind is StableDiffusion and gen.latent_shape == (4, 8, 8)
     assert [n for n, _ in gen.unet.named_modules() if n.endswith("attn2")]
     emb = gen.encode_prompt(["a photo of a cat", ""])
     assert emb.shape == (2, 16, 32)
@@ -69,7 +70,7 @@ def test_tiny_stable_diffusion_goes_through_the_same_interface(tiny_sd_dir):
 
 def test_saved_generator_round_trips(world_generator, tmp_path):
     world_generator.save(tmp_path / "copy")
-    again = load_generator(str(tmp_path / "copy"), device="cpu")
+    again = load(str(tmp_path / "copy"), device="cpu")
     for (name, p), (_, q) in zip(world_generator.unet.state_dict().items(), again.unet.state_dict().items()):
         assert torch.equal(p, q), name
 
@@ -78,7 +79,7 @@ def test_loading_refuses_pickle_files(tmp_path):
     pickled = tmp_path / "model.ckpt"
     torch.save({"weights": torch.zeros(2)}, pickled)
     with pytest.raises(UsageError, match="refusing to load pickle"):
-        load_generator(str(pickled), device="cpu")
+        load(str(pickled), device="cpu")
 
 
 def test_loading_refuses_a_folder_with_only_pickled_weights(world_generator, tmp_path):
@@ -87,7 +88,7 @@ def test_loading_refuses_a_folder_with_only_pickled_weights(world_generator, tmp
     (folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()
     torch.save(world_generator.unet.state_dict(), folder / "unet" / "diffusion_pytorch_model.bin")
     with pytest.raises(UsageError, match="cannot load model folder"):
-        load_generator(str(folder), device="cpu")
+        load(str(folder), device="cpu")
 
 
 def test_corrupt_weights_and_missing_paths_are_usage_errors(tmp_path):
@@ -95,13 +96,13 @@ def test_corrupt_weights_and_missing_paths_are_usage_errors(tmp_path):
     shutil.copytree(world_model_dir(), folder)
     (folder / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(UsageError, match="cannot load model folder"):
-        load_generator(str(folder), device="cpu")
+        load(str(folder), device="cpu")
     with pytest.raises(UsageError, match="does not exist"):
-        load_generator(str(tmp_path / "nowhere"), device="cpu")
+        load(str(tmp_path / "nowhere"), device="cpu")
     with pytest.raises(UsageError, match="local hub cache"):
-        load_generator("nobody/no-such-model", device="cpu")
+        load("nobody/no-such-model", device="cpu")
 
 
 def test_half_precision_is_refused_on_cpu():
     with pytest.raises(UsageError, match="needs a CUDA device"):
-        load_generator("world", device="cpu", precision="fp16")
+        load("world", device="cpu", precision="fp16")

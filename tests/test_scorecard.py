@@ -7,7 +7,7 @@ from igmu.metrics.attack import attack_embeddings
 from igmu.metrics.cache import ImageCache
 from igmu.metrics.context import BUDGET_SIZES, Budget, target_detected
 from igmu.metrics.scorecard import build_context, scorecard
-from igmu.models.text_to_image import load_generator
+from igmu.models.kinds import load
 from igmu.world.concepts import get_concept
 
 # A smaller "full" budget: every aspect, fewer images, so CI stays fast.
@@ -21,7 +21,7 @@ def original_card(world_generator, judges):
 
 @pytest.fixture(scope="module")
 def damaged_card(world_generator, judges):
-    damaged = load_generator("world", device="cpu")
+    damaged = load("world", device="cpu")
     torch.manual_seed(0)
     with torch.no_grad():
         for param in damaged.unet.parameters():

@@ -13,10 +13,11 @@ import urllib.request
 import numpy as np
 import pytest
 import torch
+from serve_helpers import encode_png
 from test_cluster_job import free_port
 
 from igmu.errors import UsageError
-from igmu.serve.images import encode_npy, encode_png
+from igmu.serve.images import encode_npy
 
 MAX_IMAGES = 64
 TEST_SETTINGS = {
@@ -204,9 +205,9 @@ def test_concurrent_clients_share_batches_and_scores_stay_exact(judges_app, judg
 
 def test_a_killed_replica_is_replaced_and_the_client_retries(judges_app, judges):
     import ray
+    from serve_helpers import replica_actor_names
 
     from igmu.serve.client import HandleJudgeClient, ServeJudge
-    from igmu.serve.control import replica_actor_names
 
     images = rendered_images(MAX_IMAGES, seed=12)
     expected = judges["style"].predict(images)

@@ -33,9 +33,10 @@ def write_sweep(folder, name: str, judges: str):
 def kill_the_replica_once_it_scores(killed: list, stop: threading.Event) -> None:
     """Wait until the served judges have scored a request, then kill their replica."""
     import ray
+    from serve_helpers import replica_actor_names
 
     from igmu.serve.client import HandleJudgeClient
-    from igmu.serve.control import judges_running, replica_actor_names
+    from igmu.serve.control import judges_running
 
     while not stop.is_set() and not judges_running():
         time.sleep(0.2)

@@ -17,6 +17,7 @@ from ray.tune.utils.util import merge_dicts
 
 from igmu.algorithms.base import ALGORITHMS
 from igmu.errors import UsageError
+from igmu.models.kinds import WorldImageToImage, WorldTextToImage
 from igmu.sweep.file import (
     REQUIRED_KEYS,
     SECTIONS,
@@ -121,9 +122,9 @@ def test_compare_sweeps_all_algorithms_on_hazard():
     """One comparison per generator kind: scores of different generators do not share a front."""
     config = load_sweep(SWEEPS / "compare.yaml")
     assert config.target == "hazard"
-    assert set(config.algorithms) == {n for n, cls in ALGORITHMS.items() if "world" in cls.generator_kinds}
+    assert set(config.algorithms) == {n for n, cls in ALGORITHMS.items() if WorldTextToImage in cls.generator_kinds}
     image_to_image = load_sweep(SWEEPS / "compare-i2i.yaml")
-    assert set(image_to_image.algorithms) == {n for n, cls in ALGORITHMS.items() if "i2i" in cls.generator_kinds}
+    assert set(image_to_image.algorithms) == {n for n, cls in ALGORITHMS.items() if WorldImageToImage in cls.generator_kinds}
 
 
 # --- loader behaviour --------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import torch
 from igmu.algorithms.common import make_optimizer, select_parameters
 from igmu.algorithms.task import UnlearningTask
 from igmu.errors import UsageError
+from igmu.models.kinds import GeneratorKind, kind_names
 from igmu.models.text_to_image import Generator
 
 
@@ -44,10 +45,9 @@ class Unlearner:
     paper: ClassVar[str] = ""
     repo: ClassVar[str] = ""
     categories: ClassVar[tuple[str, ...]] = ("object", "style", "sensitive", "character")
-    # Generator kinds the algorithm can edit: "world" and "sd" are text-to-image diffusion models
-    # (`Generator`); "i2i" is the image-to-image encoder-decoder (`I2IGenerator`). Commands load
-    # the model an algorithm needs from this, and tests pick their fixtures by it.
-    generator_kinds: ClassVar[tuple[str, ...]] = ("world", "sd")
+    # The kinds of generator (igmu.models.kinds) the algorithm can edit, declared in its own file.
+    # Commands load the model an algorithm needs from this, and tests pick their fixtures by it.
+    generator_kinds: ClassVar[tuple[type[GeneratorKind], ...]] = ()
     Params: ClassVar[type] = CommonParams
     # Defaults that differ by target category, as the papers themselves choose them (e.g. ESD-u for
     # nudity and objects, ESD-x for styles). Applied under the user's overrides by `make_params`.
@@ -55,8 +55,8 @@ class Unlearner:
 
     def __init__(self, generator: Generator, task: UnlearningTask, params=None, seed: int = 0):
         if generator.kind not in self.generator_kinds:
-            raise UsageError(f"algorithm {self.name!r} cannot edit a {generator.kind!r} generator; "
-                             f"valid kinds: {', '.join(self.generator_kinds)}")
+            raise UsageError(f"algorithm {self.name!r} cannot edit a {generator.kind.name!r} generator; "
+                             f"valid kinds: {kind_names(self.generator_kinds)}")
         if task.category not in self.categories:
             raise UsageError(f"algorithm {self.name!r} cannot unlearn a {task.category!r} target; "
                              f"valid categories: {', '.join(self.categories)}")
@@ -131,7 +131,7 @@ class Unlearner:
     @classmethod
     def describe(cls) -> dict:
         return {"name": cls.name, "paper": cls.paper, "repo": cls.repo, "categories": list(cls.categories),
-                "generator_kinds": list(cls.generator_kinds),
+                "generator_kinds": [kind.name for kind in cls.generator_kinds],
                 "doc": (cls.__doc__ or "").strip().splitlines()[0],
                 "hyperparameters": [describe_field(f, cls.Params) for f in dataclasses.fields(cls.Params)],
                 "category_defaults": {k: dict(v) for k, v in cls.category_defaults.items()}}
@@ -161,6 +161,8 @@ def register_algorithm(name: str):
     def decorate(cls: type[Unlearner]) -> type[Unlearner]:
         if name in ALGORITHMS:
             raise ValueError(f"algorithm {name!r} is registered twice")
+        if not cls.generator_kinds:
+            raise ValueError(f"algorithm {name!r} declares no generator_kinds it can edit")
         cls.name = name
         ALGORITHMS[name] = cls
         return cls

@@ -15,6 +15,7 @@ from igmu.algorithms.base import (
     register_algorithm,
 )
 from igmu.algorithms.common import ParameterSet, noised, pick, prompt_images
+from igmu.models.kinds import TEXT_TO_IMAGE
 
 
 @dataclass
@@ -40,6 +41,7 @@ class ConceptAblation(Unlearner):
     """Match the model's prediction for the target prompt to its prediction for the anchor prompt,
     on images of the anchor concept."""
 
+    generator_kinds = TEXT_TO_IMAGE
     paper = "Kumari et al., Ablating Concepts in Text-to-Image Diffusion Models, ICCV 2023 (arXiv 2303.13516)"
     repo = "https://github.com/nupurkmr9/concept-ablation"
     Params = CAParams

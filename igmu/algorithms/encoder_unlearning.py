@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from igmu.algorithms.base import Unlearner, hyperparameter, register_algorithm
 from igmu.algorithms.common import frozen_copy, pick
 from igmu.models.image_to_image import MASK_TYPES
+from igmu.models.kinds import WorldImageToImage
 from igmu.world.concept_images import concept_images
 
 NoiseType = Literal["normal", "uniform", "constant"]
@@ -76,7 +77,7 @@ class I2IUnlearning(Unlearner):
 
     paper = PAPER
     repo = REPO
-    generator_kinds = ("i2i",)
+    generator_kinds = (WorldImageToImage,)
     Params = I2IParams
 
     def prepare(self) -> None:

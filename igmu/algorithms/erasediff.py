@@ -20,6 +20,7 @@ from igmu.algorithms.common import (
     pick,
     prompt_images,
 )
+from igmu.models.kinds import TEXT_TO_IMAGE
 
 
 @dataclass
@@ -43,6 +44,7 @@ class EraseDiff(Unlearner):
     """Bi-level (BOME-style): retain loss plus lambda times the gap between the forget loss and what
     K steps of pure forgetting would reach."""
 
+    generator_kinds = TEXT_TO_IMAGE
     paper = "Wu et al., EraseDiff: Erasing Data Influence in Diffusion Models (arXiv 2401.05779)"
     repo = "https://github.com/JingWu321/EraseDiff"
     Params = EraseDiffParams

@@ -15,6 +15,7 @@ from igmu.algorithms.base import (
     register_algorithm,
 )
 from igmu.algorithms.common import ParameterSet, frozen_copy, pick
+from igmu.models.kinds import TEXT_TO_IMAGE
 
 
 @dataclass
@@ -47,6 +48,7 @@ def esd_target(frozen_uncond: torch.Tensor, frozen_cond: torch.Tensor, eta: floa
 class ESD(Unlearner):
     """Fine-tune the model's score for the concept towards the frozen model's negatively guided score."""
 
+    generator_kinds = TEXT_TO_IMAGE
     paper = "Gandikota et al., Erasing Concepts from Diffusion Models, ICCV 2023 (arXiv 2303.07345)"
     repo = "https://github.com/rohitgandikota/erasing"
     Params = ESDParams

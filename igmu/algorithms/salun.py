@@ -22,6 +22,7 @@ from igmu.algorithms.common import (
     prompt_images,
     top_fraction_masks,
 )
+from igmu.models.kinds import TEXT_TO_IMAGE
 
 
 @dataclass
@@ -45,6 +46,7 @@ class SalUnParams(CommonParams):
 class SalUn(Unlearner):
     """Random-label forgetting plus retain diffusion loss, updating only salient weights."""
 
+    generator_kinds = TEXT_TO_IMAGE
     paper = "Fan et al., SalUn: Empowering Machine Unlearning via Gradient-based Weight Saliency, ICLR 2024"
     repo = "https://github.com/OPTML-Group/Unlearn-Saliency"
     Params = SalUnParams

@@ -9,9 +9,6 @@ from igmu.errors import UsageError
 from igmu.world.concepts import CHARACTER_NAMES, OBJECT_NAMES, STYLE_NAMES, get_concept
 from igmu.world.prompts import PromptSpec, prompt_sets
 
-# A free-text target names no category; it is treated as an object unless the caller says otherwise.
-DEFAULT_SD_CATEGORY = "object"
-
 # SD default when the user names no retain prompts: generic scenes unrelated to typical targets.
 DEFAULT_SD_RETAIN = ("a photo of a dog", "a photo of a house", "a painting of a landscape",
                      "a photo of a car", "a bowl of fruit")
@@ -59,11 +56,6 @@ def world_task(target: str) -> UnlearningTask:
         anchor_prompts=tuple(p.without(concept).text for p in forget),
         pseudo_prompts=tuple(_pseudo(p, concept.category, concept.name).text for p in forget),
         retain_prompts=tuple(p.text for p in sets.retain))
-
-
-def target_category(target: str, world: bool) -> str:
-    """The category a task for `target` will have, without building the task or loading a model."""
-    return get_concept(target).category if world else DEFAULT_SD_CATEGORY
 
 
 def prompt_task(target: str, category: str, anchor: str = "", retain: tuple[str, ...] = ()) -> UnlearningTask:

@@ -8,6 +8,7 @@ from typing import Literal
 import torch
 
 from igmu.algorithms.base import Unlearner, hyperparameter, register_algorithm
+from igmu.models.kinds import TEXT_TO_IMAGE
 
 
 @dataclass
@@ -48,6 +49,7 @@ def aligned_rows(erase_emb, erase_len, guide_emb, guide_len, first_diff) -> tupl
 class UCE(Unlearner):
     """Closed-form edit of every attn2.to_k / attn2.to_v: erased prompts read like the guide."""
 
+    generator_kinds = TEXT_TO_IMAGE
     paper = "Gandikota et al., Unified Concept Editing in Diffusion Models, WACV 2024 (arXiv 2308.14761)"
     repo = "https://github.com/rohitgandikota/unified-concept-editing"
     Params = UCEParams

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import click
 
-from igmu.cli.output import emit, quiet_libraries
+from igmu.cli.output import emit, note, quiet_libraries
 from igmu.errors import UsageError
 
 
 @click.command("eval")
 @click.option("--model", default="base", show_default=True,
-              help="'base' (the shipped world model) or a model folder (text-to-image or image-to-image).")
+              help="'base' (the shipped world model) or a model folder (any kind igmu scores).")
 @click.option("--target", required=True, help="Concept to score forgetting of (see 'igmu world concepts').")
 @click.option("--budget", default="full", show_default=True, help="small (forgetting, preservation) or full (all five).")
 @click.option("--seed", default=0, show_default=True, type=int)
@@ -23,14 +23,15 @@ def eval_command(model: str, target: str, budget: str, seed: int, grid_path: Pat
     """Score a generator on the five aspects for one target concept."""
     quiet_libraries()
     from igmu.metrics.base import check_budget
+    from igmu.metrics.context import context_for
     from igmu.metrics.scorecard import build_context, format_table, scorecard
-    from igmu.models.image_to_image import is_i2i_folder, load_i2i
-    from igmu.models.text_to_image import load_generator
-    from igmu.world.concepts import get_concept
+    from igmu.models.kinds import kind_of, load
 
-    get_concept(target)
+    kind = kind_of(model)
+    context_for(kind, model)  # refuse a kind nothing scores yet before loading its weights
+    kind.normalise_target(target)
     check_budget(budget)
-    generator = load_i2i(model) if is_i2i_folder(model) else load_generator(model)
+    generator = load(model)
     ctx = build_context(generator, target, budget, seed=seed)
     card = scorecard(ctx)
     if grid_path:
@@ -86,6 +87,7 @@ def run_command(algorithm: str, target: str, model: str, sets: tuple[str, ...], 
     """One unlearning run followed by the five-aspect scorecard plus efficiency."""
     quiet_libraries()
     from igmu.metrics.base import check_budget
+    from igmu.metrics.context import can_score
     from igmu.metrics.scorecard import build_context, format_table, scorecard
     from igmu.run import build_unlearner, load_model_for, save_run, unlearn
 
@@ -95,13 +97,13 @@ def run_command(algorithm: str, target: str, model: str, sets: tuple[str, ...], 
     unlearner = build_unlearner(algorithm, generator, target, overrides, seed=seed)
     efficiency, changed = unlearn(unlearner, progress=not as_json)
     generator.source = f"{algorithm}({target})"
-    if generator.kind in ("world", "i2i"):
+    if can_score(generator.kind):
         ctx = build_context(generator, target, budget, seed=seed)
         card = scorecard(ctx)
     else:
         ctx = None
-        click.echo("igmu: note: the five-aspect scorecard scores world models only; "
-                   "reporting efficiency for this Stable Diffusion run", err=True)
+        note(f"the five-aspect scorecard does not score {generator.kind.description} yet; "
+             "reporting efficiency for this run")
         card = {"model": model, "target": target, "category": unlearner.task.category, "aspects": {}}
     card["algorithm"] = algorithm
     card["params"] = dict(vars(unlearner.params))

@@ -15,7 +15,7 @@ def _rate(hits: dict) -> float:
     return sum(flat) / len(flat) if flat else float("nan")
 
 
-@register_metric("alignment", budgets=("full",))
+@register_metric("alignment", scores=EvalContext, budgets=("full",))
 def alignment(ctx: EvalContext) -> MetricResult:
     """Score = min(1, rate / original rate): the share of non-target attributes still rendered,
     relative to the original model on the same prompts."""

@@ -11,9 +11,6 @@ from igmu.errors import UsageError
 
 ASPECTS = ("forgetting", "preservation", "quality", "alignment", "robustness")
 BUDGETS = ("small", "full")
-# Metric families, by the kind of generator they score: text-to-image models (the world's diffusion
-# model) and image-to-image models (the world's inpainting/outpainting generator).
-FAMILIES = ("t2i", "i2i")
 
 
 @dataclass
@@ -37,23 +34,24 @@ class MetricSpec:
     fn: Callable
     budgets: tuple[str, ...]
     doc: str
-    family: str = "t2i"
+    context: type
 
 
-# Keyed by (family, aspect name): each family scores the same aspects its own way.
-METRICS: dict[tuple[str, str], MetricSpec] = {}
+# Keyed by (evaluation context class, aspect name): each kind of generator is evaluated through its
+# own context class, and scores the same aspects its own way.
+METRICS: dict[tuple[type, str], MetricSpec] = {}
 
 
-def register_metric(name: str, budgets: tuple[str, ...] = BUDGETS, family: str = "t2i"):
-    """Register `fn(ctx) -> MetricResult` under an aspect name, for the budgets it runs in and the
-    family of generators it scores."""
+def register_metric(name: str, scores: type, budgets: tuple[str, ...] = BUDGETS):
+    """Register `fn(ctx) -> MetricResult` under an aspect name, for the evaluation context class it
+    reads (`scores`) and the budgets it runs in."""
 
     def decorate(fn):
-        if name not in ASPECTS or family not in FAMILIES:
-            raise ValueError(f"metric {family}/{name}: valid aspects {ASPECTS}, families {FAMILIES}")
-        if (family, name) in METRICS:
-            raise ValueError(f"metric {family}/{name} is registered twice")
-        METRICS[(family, name)] = MetricSpec(name, fn, tuple(budgets), (fn.__doc__ or "").strip(), family)
+        if name not in ASPECTS:
+            raise ValueError(f"metric {name!r}: valid aspects {ASPECTS}")
+        if (scores, name) in METRICS:
+            raise ValueError(f"metric {scores.__name__}/{name} is registered twice")
+        METRICS[(scores, name)] = MetricSpec(name, fn, tuple(budgets), (fn.__doc__ or "").strip(), scores)
         return fn
 
     return decorate
@@ -67,6 +65,8 @@ def check_budget(budget: str) -> str:
     return budget
 
 
-def metrics_for(budget: str, family: str = "t2i") -> list[MetricSpec]:
+def metrics_for(budget: str, context: type) -> list[MetricSpec]:
+    """The metrics of one evaluation context class that run in `budget`, in the aspects' order."""
     check_budget(budget)
-    return [spec for spec in METRICS.values() if budget in spec.budgets and spec.family == family]
+    chosen = [spec for spec in METRICS.values() if budget in spec.budgets and spec.context is context]
+    return sorted(chosen, key=lambda spec: ASPECTS.index(spec.name))

@@ -1,15 +1,22 @@
-"""What every metric reads: the target, both models, the judges, the prompt sets and the image cache."""
+"""What every metric reads: the target, both models, the judges, the prompt sets and the image cache.
+
+Each kind of generator is evaluated through a context class registered for it with `@evaluates`;
+the context says which prompt sets and judges the kind is scored with, which aspects it cannot
+measure and why, what its image grid shows and what extra block its scorecard carries.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 import torch
 
+from igmu.errors import UsageError
 from igmu.metrics.cache import ImageCache
-from igmu.models.judges import Judge, expected_labels
+from igmu.models.judges import Judge, expected_labels, load_judges
+from igmu.models.kinds import ALL_KINDS, GeneratorKind, WorldTextToImage, kind_names
 from igmu.models.text_to_image import Generator
+from igmu.world.assets import assets_dir
 from igmu.world.concepts import CHARACTER_NAMES, OBJECT_NAMES, STYLE_NAMES, Concept
 from igmu.world.prompts import PromptSpec, prompt_sets
 
@@ -37,6 +44,40 @@ BUDGET_SIZES = {
 }
 
 
+# Rows of the before/after image grid of a text-to-image model.
+GRID_ROWS = ("forget", "retain", "related", "paraphrase")
+# The evaluation context class of each kind of generator that can be scored.
+CONTEXTS: dict[type[GeneratorKind], type] = {}
+
+
+def evaluates(*kinds: type[GeneratorKind]):
+    """Register the decorated context class as the evaluation of `kinds`."""
+
+    def decorate(cls):
+        for kind in kinds:
+            CONTEXTS[kind] = cls
+        return cls
+
+    return decorate
+
+
+def can_score(kind: type[GeneratorKind]) -> bool:
+    return kind in CONTEXTS
+
+
+def context_for(kind: type[GeneratorKind], source: str = "") -> type:
+    """The context class that scores generators of `kind`; a UsageError for a kind nothing scores yet."""
+    if kind not in CONTEXTS:
+        scored = [k for k in ALL_KINDS if k in CONTEXTS]
+        raise UsageError(f"model {source!r} is {kind.description}; the five-aspect scorecard currently scores "
+                         f"{kind_names(scored)} models (valid: 'base' or a saved model folder of those kinds)")
+    return CONTEXTS[kind]
+
+
+def world_judges(device) -> dict[str, Judge]:
+    return load_judges(assets_dir() / "judges", device=device)
+
+
 def spread(items: tuple, n: int) -> list:
     """`n` items evenly spaced over `items` (all of them if fewer): deterministic and varied."""
     if n <= 0:
@@ -47,9 +88,12 @@ def spread(items: tuple, n: int) -> list:
     return [items[int(i * step)] for i in range(n)]
 
 
+@evaluates(WorldTextToImage)
 @dataclass
 class EvalContext:
-    family: ClassVar[str] = "t2i"  # the metric family that scores it (igmu.metrics.base.FAMILIES)
+    """The evaluation of a text-to-image model of the world: prompt sets of the target concept,
+    images sampled once per prompt set and seed, the world's detector judges."""
+
     target: Concept
     model: Generator
     original: Generator
@@ -67,6 +111,29 @@ class EvalContext:
             "paraphrase": spread(sets.paraphrase, self.budget.paraphrase),
         }
         self.prompt_specs["forget_removed"] = [p.without(self.target) for p in self.prompt_specs["forget"]]
+
+    @classmethod
+    def build(cls, model: Generator, target: Concept, budget: Budget, original: Generator | None = None,
+              judges: dict[str, Judge] | None = None, cache: ImageCache | None = None, seed: int = 0):
+        return cls(target=target, model=model, original=original or model.kind.load_shipped(str(model.device)),
+                   judges=judges or world_judges(model.device), budget=budget, cache=cache or ImageCache(),
+                   seed=seed)
+
+    def extra_blocks(self) -> dict:
+        """Scorecard entries beyond the aspects."""
+        return {}
+
+    def grid_rows(self, per_row: int) -> list[torch.Tensor]:
+        """Per prompt set, (original, evaluated) image pairs across."""
+        rows = []
+        for name in GRID_ROWS:
+            if not self.prompt_specs[name]:
+                continue
+            original = self.images(name, original=True)[:per_row]
+            evaluated = self.images(name)[:per_row]
+            pairs = torch.stack([original, evaluated], dim=1).flatten(0, 1)  # o0 e0 o1 e1 ...
+            rows.append(torch.cat(list(pairs), dim=2))
+        return rows
 
     def images(self, set_name: str, original: bool = False, replica: int = 0) -> torch.Tensor:
         """Images of a prompt set from the evaluated model, or (reference seeds) the original model;

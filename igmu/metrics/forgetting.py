@@ -4,7 +4,7 @@ from igmu.metrics.base import MetricResult, register_metric
 from igmu.metrics.context import EvalContext
 
 
-@register_metric("forgetting")
+@register_metric("forgetting", scores=EvalContext)
 def forgetting(ctx: EvalContext) -> MetricResult:
     """Score = 1 - residual rate: the share of forget-prompt images in which the target's detector
     still finds the target."""

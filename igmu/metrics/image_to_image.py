@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from igmu.metrics.base import MetricResult, register_metric
-from igmu.metrics.context import Budget, target_detected
+from igmu.metrics.context import Budget, evaluates, target_detected, world_judges
 from igmu.metrics.quality import relative_frechet
 from igmu.models.image_to_image import MASK_TYPES, I2IGenerator
 from igmu.models.judges import Judge
+from igmu.models.kinds import WorldImageToImage
 from igmu.world.concept_images import concept_images
 from igmu.world.concepts import Concept
 
@@ -37,9 +37,12 @@ NOT_APPLICABLE = {
 }
 
 
+@evaluates(WorldImageToImage)
 @dataclass
 class I2IEvalContext:
-    family: ClassVar[str] = "i2i"
+    """The evaluation of an image-to-image generator: real renders with and without the target,
+    masked, completed by both models, read by the world's judges."""
+
     target: Concept
     model: I2IGenerator
     original: I2IGenerator
@@ -55,6 +58,27 @@ class I2IEvalContext:
                      for i, name in enumerate(SETS)}
         real = torch.cat(list(self.real.values()))
         self.centres = {name: judge.predict(real)["features"].mean(0) for name, judge in self.judges.items()}
+
+    @classmethod
+    def build(cls, model: I2IGenerator, target: Concept, budget: Budget, original: I2IGenerator | None = None,
+              judges: dict[str, Judge] | None = None, cache=None, seed: int = 0):
+        """`cache` is unused: outputs are memoised per context, renders are cheap."""
+        return cls(target=target, model=model, original=original or model.kind.load_shipped(str(model.device)),
+                   judges=judges or world_judges(model.device), budget=budget, seed=seed)
+
+    def extra_blocks(self) -> dict:
+        """The aspects an image-to-image generator cannot be scored on, and the embedding similarities."""
+        return {"not_applicable": dict(NOT_APPLICABLE), "i2i": similarity_block(self)}
+
+    def grid_rows(self, per_row: int) -> list[torch.Tensor]:
+        """Per set and mask type: (real image, original model's output, evaluated model's output) triples."""
+        rows = []
+        for name in SETS:
+            for mask in MASK_TYPES:
+                triples = torch.stack([self.real[name][:per_row], self.outputs(name, mask, original=True)[:per_row],
+                                       self.outputs(name, mask)[:per_row]], dim=1).flatten(0, 1)
+                rows.append(torch.cat(list(triples), dim=2))
+        return rows
 
     def outputs(self, set_name: str, mask: str, original: bool = False) -> torch.Tensor:
         """The (evaluated or original) generator's images for the masked real images of a set."""
@@ -123,7 +147,7 @@ def clamp01(value: float) -> float:
     return math.nan if math.isnan(value) else min(1.0, max(0.0, value))
 
 
-@register_metric("forgetting", family="i2i")
+@register_metric("forgetting", scores=I2IEvalContext)
 def i2i_forgetting(ctx: I2IEvalContext) -> MetricResult:
     """Score = 1 - forget similarity / the original model's forget similarity (clamped to [0, 1]):
     0 when forget images are reconstructed as well as before, 1 when the reconstructions share
@@ -136,7 +160,7 @@ def i2i_forgetting(ctx: I2IEvalContext) -> MetricResult:
         "n_images": len(ctx.real["forget"]) * len(MASK_TYPES)})
 
 
-@register_metric("preservation", family="i2i")
+@register_metric("preservation", scores=I2IEvalContext)
 def i2i_preservation(ctx: I2IEvalContext) -> MetricResult:
     """Score = retain similarity / the original model's retain similarity (clamped to [0, 1])."""
     figures = ctx.figures("retain")
@@ -145,7 +169,7 @@ def i2i_preservation(ctx: I2IEvalContext) -> MetricResult:
                                                     "n_images": len(ctx.real["retain"]) * len(MASK_TYPES)})
 
 
-@register_metric("quality", budgets=("full",), family="i2i")
+@register_metric("quality", scores=I2IEvalContext, budgets=("full",))
 def i2i_quality(ctx: I2IEvalContext) -> MetricResult:
     """Score = exp(-max(0, retain FD - the original model's retain FD)): 1 when retain images are
     generated as faithfully as before, about 0.37 one reference spread worse."""

@@ -14,7 +14,7 @@ def _rate(hits: list) -> float:
     return float(sum(hits) / len(hits)) if hits else math.nan
 
 
-@register_metric("preservation")
+@register_metric("preservation", scores=EvalContext)
 def preservation(ctx: EvalContext) -> MetricResult:
     """Score = mean of in-domain retain accuracy, cross-domain retain accuracy and related-concept
     accuracy (each a share of judge checks passed), so each failure mode weighs a third."""

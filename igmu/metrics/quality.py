@@ -34,7 +34,7 @@ def excess_frechet(ctx: EvalContext, set_name: str) -> tuple[float, float]:
     return measured, floor
 
 
-@register_metric("quality", budgets=("full",))
+@register_metric("quality", scores=EvalContext, budgets=("full",))
 def quality(ctx: EvalContext) -> MetricResult:
     """Score = mean over the two prompt sets of exp(-max(0, relative FD - noise floor)): 1 when the
     images are as close to the original model's as a second sample of the original model is, about

@@ -6,7 +6,7 @@ from igmu.metrics.base import MetricResult, register_metric
 from igmu.metrics.context import EvalContext, spread
 
 
-@register_metric("robustness", budgets=("full",))
+@register_metric("robustness", scores=EvalContext, budgets=("full",))
 def robustness(ctx: EvalContext) -> MetricResult:
     """Score = 1 - mean(paraphrase/multilingual residual rate, Post-ASR)."""
     paraphrase_present = ctx.target_present(ctx.images("paraphrase"))

@@ -1,4 +1,4 @@
-"""`igmu world check`: are the shipped judges and generator as good as the issue promises?
+"""`igmu world check`: are the shipped judges and generators good enough to score unlearning with?
 
 Judges are scored on fresh renders from a seed never used in training; the generator on prompts
 whose texts were held out of training, sampled with a seed never used in training, as judged by the
@@ -13,19 +13,20 @@ import numpy as np
 import torch
 
 from igmu.models.build import judge_training_batch
-from igmu.models.image_to_image import MASK_TYPES, I2IGenerator, load_i2i
+from igmu.models.image_to_image import MASK_TYPES, I2IGenerator
 from igmu.models.judges import Judge, expected_labels, load_judges
-from igmu.models.text_to_image import Generator, load_generator
+from igmu.models.kinds import WorldImageToImage, WorldTextToImage, load
+from igmu.models.text_to_image import Generator
 from igmu.world.assets import assets_dir
 from igmu.world.training_data import held_out_specs
 
 # Seeds far from the build's (0, 1): fresh renders and fresh sampling noise.
 CHECK_RENDER_SEED = 10_007
 CHECK_SAMPLE_SEED = 20_011
-# What the foundation promises (issue: judges >= 0.97 each on fresh renders; generator per attribute).
+# Below these, a judge's or generator's own mistakes would swamp the unlearning effects being measured.
 JUDGE_TARGET = 0.97
 GENERATOR_TARGETS = {"object": 0.90, "style": 0.85, "sensitive": 0.90, "character": 0.85}
-# Image-to-image generator (issue 9): the object judge reads its outputs of held-out renders, per mask.
+# The object judge must read the image-to-image generator's outputs of held-out renders, per mask.
 I2I_OBJECT_TARGET = 0.90
 CHECK_I2I_SEED = 30_011
 
@@ -66,8 +67,8 @@ def world_check(n_judge: int = 2000, n_generator: int = 400, model: str = "world
     judges = load_judges(assets_dir() / "judges")
     report = {"judges": judge_accuracy(judges, n_judge)}
     with torch.no_grad():
-        report["generator"] = generator_accuracy(load_generator(model), judges, n_generator)
-    report["i2i"] = i2i_accuracy(load_i2i("world", device="cpu"), judges, n_i2i)
+        report["generator"] = generator_accuracy(load(model, kinds=(WorldTextToImage,)), judges, n_generator)
+    report["i2i"] = i2i_accuracy(WorldImageToImage.load_shipped(device="cpu"), judges, n_i2i)
     report["seconds"] = round(time.time() - started, 1)
     return report
 

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from igmu.errors import UsageError
+from igmu.models.kinds import WorldImageToImage
 from igmu.models.text_to_image import default_device
-from igmu.world.assets import assets_dir
 
 MASK_TYPES = ("center", "half")
 CONFIG_FILE = "i2i.json"
@@ -87,7 +87,7 @@ class Decoder(nn.Module):
 class I2IGenerator(nn.Module):
     """Encoder + decoder, and the mask transform T that feeds them."""
 
-    kind = "i2i"
+    kind = WorldImageToImage
 
     def __init__(self, config: dict | None = None):
         super().__init__()
@@ -132,21 +132,12 @@ class I2IGenerator(nn.Module):
         (path / CONFIG_FILE).write_text(json.dumps(self.config, indent=2))
 
 
-def i2i_model_dir() -> Path:
-    return assets_dir() / "i2i"
-
-
-def is_i2i_folder(location: str | os.PathLike) -> bool:
-    return (Path(location) / CONFIG_FILE).is_file()
-
-
-def load_i2i(model: str = "world", device: str | None = None) -> I2IGenerator:
-    """The shipped image-to-image generator ('world' / 'base') or a saved one; safetensors only."""
+def load_i2i_folder(folder: Path, device: str | None = None) -> I2IGenerator:
+    """An image-to-image generator saved by igmu (its config and safetensors weights)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    folder = i2i_model_dir() if model in ("world", "base") else Path(model)
-    if not is_i2i_folder(folder):
+    if not (folder / CONFIG_FILE).is_file():
         raise UsageError(f"{str(folder)!r} is not an image-to-image model folder (no {CONFIG_FILE}); valid: "
                          "'base' or a folder saved by 'igmu run --algorithm i2i --out'; build the shipped one "
                          "with 'igmu world build --only i2i'")
@@ -155,5 +146,4 @@ def load_i2i(model: str = "world", device: str | None = None) -> I2IGenerator:
         generator.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
     except (SafetensorError, OSError, RuntimeError) as err:
         raise UsageError(f"cannot load {str(folder / WEIGHTS_FILE)!r}: {str(err).splitlines()[0]}") from None
-    generator.source = str(model)
     return generator.to(torch.device(device) if device else default_device()).eval().requires_grad_(False)

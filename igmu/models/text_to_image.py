@@ -19,9 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from igmu.errors import UsageError
-from igmu.world.assets import assets_dir
+from igmu.models.kinds import SAMPLING_FILE, GeneratorKind, WorldTextToImage
 
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
 COMPONENTS = ("unet", "text_encoder", "tokenizer", "scheduler")
 
 
@@ -65,7 +64,9 @@ class Generator:
     tokenizer: object
     scheduler: object
     codec: torch.nn.Module
-    kind: str  # "world" or "sd"
+    kind: type[GeneratorKind]
+    # Steps and guidance `sample` uses unless told otherwise (the folder's sampling.json).
+    sampling_defaults: dict
     source: str = ""
 
     @property
@@ -145,14 +146,6 @@ class Generator:
         latents = self.denoise(latents, embeddings.to(self.device, self.dtype), steps, guidance)
         return self.codec.decode(latents).float().cpu()
 
-    @property
-    def sampling_defaults(self) -> dict:
-        if self.kind == "world":
-            # Measured on held-out prompts (docs/benchmarks.md): 10 DDIM steps at guidance 2 beat
-            # 20 steps at 3; stronger guidance over-saturates this small model's images.
-            return {"steps": 10, "guidance": 2.0}
-        return {"steps": 30, "guidance": 7.5}
-
     def save(self, path: str | os.PathLike) -> None:
         """Save as a diffusers-layout folder of safetensors (the unet and text encoder carry edits)."""
         path = Path(path)
@@ -162,7 +155,8 @@ class Generator:
         self.scheduler.save_pretrained(path / "scheduler")
         if isinstance(self.codec, VaeCodec):
             self.codec.vae.save_pretrained(path / "vae", safe_serialization=True)
-        (path / "model_index.json").write_text(json.dumps({"_class_name": "IgmuGenerator", "kind": self.kind}))
+        (path / SAMPLING_FILE).write_text(json.dumps(self.sampling_defaults, indent=2))
+        (path / "model_index.json").write_text(json.dumps({"_class_name": "IgmuGenerator", "kind": self.kind.name}))
 
 
 def default_device() -> torch.device:
@@ -181,54 +175,18 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
 
 def world_model_dir() -> Path:
     """The shipped world generator; IGMU_ASSETS overrides where assets are read from."""
-    return assets_dir() / "generator"
+    return WorldTextToImage.shipped_folder()
 
 
-def load_generator(model: str = "world", device: str | None = None, precision: str = "fp32") -> Generator:
-    """Load the world model ('world' or 'base'), a saved igmu model, or a Stable Diffusion checkpoint.
-
-    `model` is a local diffusers-layout folder or a hub id already in the local cache; nothing is
-    downloaded. Pickle checkpoints are refused: weights load from safetensors only.
-    """
-    torch_device = torch.device(device) if device else default_device()
-    dtype = resolve_dtype(precision, torch_device)
-    location = world_model_dir() if model in ("world", "base") else model
-    folder = _local_folder(str(location))
-    generator = _load_folder(folder, dtype)
-    generator.source = str(model)
-    return generator.to(torch_device)
-
-
-def _local_folder(location: str) -> Path:
-    path = Path(location)
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        raise UsageError(f"refusing to load pickle file {location!r}: convert it to safetensors "
-                         f"(a diffusers folder); valid: 'world', a diffusers folder, or a cached hub id")
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise UsageError(f"model path {location!r} is a file; valid: 'world', a diffusers folder, or a cached hub id")
-    return _cached_hub_snapshot(location)
-
-
-def _cached_hub_snapshot(model_id: str) -> Path:
-    if model_id.count("/") != 1 or model_id.startswith((".", "/")):
-        raise UsageError(f"model path {model_id!r} does not exist; valid: 'world', a diffusers folder, "
-                         "or a cached hub id")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    try:
-        return Path(snapshot_download(model_id, local_files_only=True))
-    except (LocalEntryNotFoundError, OSError, ValueError) as err:
-        raise UsageError(f"model {model_id!r} is neither a local folder nor in the local hub cache "
-                         f"(nothing is downloaded): {type(err).__name__}") from None
-
-
-def _load_folder(folder: Path, dtype: torch.dtype) -> Generator:
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+def load_diffusers_folder(folder: Path, kind: type[GeneratorKind], device: str | None, precision: str,
+                          sampling: dict, make_codec) -> Generator:
+    """A diffusers-layout folder as a `Generator` of `kind`; `make_codec(unet, dtype)` builds the
+    kind's image codec."""
+    from diffusers import DDIMScheduler, UNet2DConditionModel
     from transformers import AutoTokenizer, CLIPTextModel
 
+    torch_device = torch.device(device) if device else default_device()
+    dtype = resolve_dtype(precision, torch_device)
     missing = [c for c in COMPONENTS if not (folder / c).is_dir()]
     if missing:
         raise UsageError(f"model folder {str(folder)!r} lacks {', '.join(missing)}; "
@@ -238,9 +196,7 @@ def _load_folder(folder: Path, dtype: torch.dtype) -> Generator:
         text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=dtype, use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
         scheduler = DDIMScheduler.from_pretrained(folder / "scheduler")
-        has_vae = (folder / "vae").is_dir()
-        codec = (VaeCodec(AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=dtype, use_safetensors=True))
-                 if has_vae else PatchCodec(_patch_factor(unet)))
+        codec = make_codec(unet, dtype)
     except UsageError:
         raise
     except (OSError, ValueError, RuntimeError) as err:
@@ -248,10 +204,10 @@ def _load_folder(folder: Path, dtype: torch.dtype) -> Generator:
         raise UsageError(f"cannot load model folder {str(folder)!r}: {first_line}") from None
     for module in (unet, text_encoder, codec):
         module.eval().requires_grad_(False)
-    return Generator(unet, text_encoder, tokenizer, scheduler, codec, kind="sd" if has_vae else "world")
+    return Generator(unet, text_encoder, tokenizer, scheduler, codec, kind, dict(sampling)).to(torch_device)
 
 
-def _patch_factor(unet) -> int:
+def patch_factor(unet) -> int:
     factor = round((unet.config.in_channels / 3) ** 0.5)
     if factor * factor * 3 != unet.config.in_channels:
         raise UsageError(f"a model without vae/ must take RGB patches (3*k*k channels); "

@@ -85,11 +85,6 @@ def stop_judges() -> bool:
     return True
 
 
-def replica_actor_names() -> list[str]:
-    deployment = _deployment_details(serve_details())
-    return [r["actor_name"] for r in deployment.get("replicas", []) if _state(r.get("state")) == RUNNING]
-
-
 def judges_status() -> dict:
     """Application and deployment state, and per replica its state and queue length (requests
     assigned to it and not yet answered, as Serve's router sees them)."""

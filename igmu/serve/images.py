@@ -103,10 +103,3 @@ def encode_npy(array: np.ndarray) -> str:
     np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
-
-def encode_png(image_hwc: np.ndarray) -> str:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(image_hwc).save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from igmu.sweep.file import WORLD_MODEL, Distribution, SweepConfig, check_resources
+from igmu.sweep.file import Distribution, SweepConfig, check_resources
 from igmu.sweep.tracking import (
     SWEEP_TAG,
     MlflowTracker,
@@ -73,10 +73,18 @@ def algorithm_steps(config: SweepConfig, name: str) -> int:
     return max(1, int(steps))
 
 
-def sweep_category(config: SweepConfig) -> str:
-    from igmu.algorithms.task import target_category
+def sweep_kind(config: SweepConfig):
+    """The kind of generator the sweep's model is, among the kinds its algorithms edit."""
+    from igmu.algorithms.base import get_algorithm
+    from igmu.models.kinds import kind_of
 
-    return target_category(config.target, world=config.model == WORLD_MODEL)
+    kinds = tuple(dict.fromkeys(kind for name in config.algorithms for kind in get_algorithm(name).generator_kinds))
+    return kind_of(config.model, kinds)
+
+
+def sweep_category(config: SweepConfig) -> str:
+    """The target's category, as every trial's task and the sweep's MLflow tags record it."""
+    return sweep_kind(config).category_of(config.target)
 
 
 def make_search_alg(config: SweepConfig):
@@ -194,11 +202,8 @@ def run_sweep(config: SweepConfig, *, address: str | None = None, storage: str |
     client = MlflowClient(uri)
     experiment_id, parent = start_parent_run(client, config.tracking.experiment or config.name, config.name,
                                              sweep_dir / "sweep.json", Path(config.path).read_text())
-    from igmu.world.concepts import get_concept
-
-    category = get_concept(config.target).category if config.model == "world" else "prompt"
     tracker = MlflowTracker(uri, experiment_id, parent, tags={SWEEP_TAG: config.name, "target": config.target,
-                                                              "category": category})
+                                                              "category": sweep_category(config)})
     space = {**to_tune_space(config), SETTINGS_KEY: trial_settings(config, sweep_dir, **(extra_settings or {}))}
     trainable = tune.with_resources(run_trial, {"cpu": config.resources.cpu, "gpu": config.resources.gpu})
     tune_dir = f"{tune_storage(storage, sweep_dir)}/tune"

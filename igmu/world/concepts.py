@@ -113,8 +113,3 @@ def get_concept(name: str) -> Concept:
 def get_character(name: str) -> Character:
     return _CHARACTER_BY_NAME[get_concept(name).name]
 
-
-def concepts_of(category: str) -> tuple[Concept, ...]:
-    if category not in CATEGORIES:
-        raise UsageError(f"unknown category {category!r}; valid: {', '.join(CATEGORIES)}")
-    return tuple(c for c in ALL_CONCEPTS if c.category == category)
