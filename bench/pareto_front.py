@@ -1,4 +1,4 @@
-"""Time the Pareto front and exact hypervolume of random points in 2 and 3 objectives.
+"""Time the Pareto front and exact hypervolume of random points in 2 to 5 objectives.
 
 Usage: ``python bench/pareto_front.py [--json]``. Each timing is the best of several repeats on
 the same seeded points, measured with ``time.perf_counter``.
@@ -16,7 +16,7 @@ import numpy as np
 from igmu.analysis.pareto import hypervolume, non_dominated
 
 POINT_COUNT = 10_000
-OBJECTIVE_COUNTS = (2, 3)
+OBJECTIVE_COUNTS = (2, 3, 4, 5)
 REPEATS = 5
 SEED = 0
 # Maximised scores in [0, 1] with the documented default reference (0 for "max").

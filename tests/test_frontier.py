@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from igmu.analysis.frontier import front_summary
-from igmu.analysis.pareto import hypervolume, knee_point
+from igmu.analysis.pareto import knee_point
 from igmu.cli.main import main
 from igmu.metrics.base import ASPECTS
 
@@ -135,14 +135,34 @@ def brute_force_front(rows: pd.DataFrame, objectives) -> set[str]:
 
 
 def reference_hypervolume(rows: pd.DataFrame, objectives) -> float:
-    return hypervolume(rows[list(objectives)].to_numpy(float), [DIRECTIONS[o] for o in objectives])
+    """Brute force on a grid, against the default reference igmu documents for `igmu pareto`.
+
+    The reference is 0 for a maximised score and, for a minimised objective, the worst value plus 10%
+    of the observed range. Works in larger-is-better form: a grid cell between the reference and the
+    points counts when some point is at least the cell's upper corner in every objective.
+    """
+    signs = np.array([1.0 if DIRECTIONS[o] == "max" else -1.0 for o in objectives])
+    values = rows[list(objectives)].to_numpy(float)
+    worst, span = values.max(axis=0), np.ptp(values, axis=0)
+    reference = np.where(signs > 0, 0.0, worst + 0.1 * np.where(span > 0, span, 1.0)) * signs
+    values = values * signs
+    values = values[np.all(values > reference, axis=1)]
+    if len(values) == 0:
+        return 0.0
+    edges = [np.unique(np.append(values[:, j], reference[j])) for j in range(len(objectives))]
+    highs = np.stack([g.ravel() for g in np.meshgrid(*[e[1:] for e in edges], indexing="ij")], axis=1)
+    widths = np.stack([g.ravel() for g in np.meshgrid(*[np.diff(e) for e in edges], indexing="ij")], axis=1)
+    covered = np.any(np.all(values[None, :, :] >= highs[:, None, :], axis=2), axis=1)
+    return math.fsum(np.prod(widths[covered], axis=1))
 
 
 # --- igmu pareto ------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("objectives", ["forgetting,preservation", "forgetting,preservation,quality",
-                                        "preservation,efficiency_seconds"])
+                                        "preservation,efficiency_seconds",
+                                        "forgetting,preservation,quality,robustness",
+                                        "forgetting,preservation,quality,alignment,efficiency_seconds"])
 def test_pareto_json_matches_brute_force(store, capsys, objectives):
     code, out, err = igmu(capsys, "pareto", SWEEP, "--objectives", objectives, "--json")
     assert code == 0, err
@@ -156,6 +176,22 @@ def test_pareto_json_matches_brute_force(store, capsys, objectives):
     assert result["knee"] in front_ids
     knee = knee_point(rows[names].to_numpy(float), [DIRECTIONS[o] for o in names])
     assert result["knee"] == rows["trial_id"].iloc[knee]
+
+
+def test_pareto_on_four_objectives_reports_the_hypervolume(store, capsys):
+    objectives = ["forgetting", "preservation", "quality", "robustness"]
+    rows = scored(store.table, objectives)
+    expected = reference_hypervolume(rows, objectives)
+    assert expected > 0
+    code, out, err = igmu(capsys, "pareto", SWEEP, "--objectives", ",".join(objectives), "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert {entry["trial_id"] for entry in result["front"]} == brute_force_front(rows, objectives)
+    assert isinstance(result["hypervolume"], float)
+    assert result["hypervolume"] == pytest.approx(expected, rel=1e-12)
+    code, out, err = igmu(capsys, "pareto", SWEEP, "--objectives", ",".join(objectives))
+    assert code == 0, err
+    assert f"hypervolume: {expected:.4f}" in out
 
 
 def test_pareto_json_entries_carry_params_and_scores(store, capsys):

@@ -1,14 +1,14 @@
-"""Pareto fronts, ranks, hypervolume and knee point against brute force and optuna."""
+"""Pareto fronts, hypervolume and knee point against brute force."""
+
+import math
 
 import numpy as np
 import pytest
-from optuna._hypervolume import compute_hypervolume
 
 from igmu.analysis.pareto import (
     hypervolume,
     knee_point,
     non_dominated,
-    non_dominated_sort,
 )
 
 SEEDS = range(40)
@@ -33,16 +33,23 @@ def _brute_force_front(points, directions):
     return mask
 
 
-def _brute_force_ranks(points, directions):
-    ranks = np.full(len(points), -1)
-    remaining = np.flatnonzero(np.all(np.isfinite(points), axis=1))
-    rank = 0
-    while remaining.size:
-        on_front = _brute_force_front(points[remaining], directions)
-        ranks[remaining[on_front]] = rank
-        remaining = remaining[~on_front]
-        rank += 1
-    return ranks
+def _brute_force_hypervolume(points, directions, reference):
+    """Grid reference: cut the box below the reference at every point coordinate, add up covered cells.
+
+    A cell is covered when some point is no worse than the cell's best corner in every objective.
+    Cost grows like (points + 1) ** objectives, so it is only for small sets.
+    """
+    loss = _to_loss(np.asarray(points, dtype=float), directions)
+    loss_reference = _to_loss(np.asarray(reference, dtype=float), directions)
+    loss = loss[np.all(np.isfinite(loss), axis=1)]
+    inside = loss[np.all(loss < loss_reference, axis=1)]
+    if inside.shape[0] == 0:
+        return 0.0
+    edges = [np.unique(np.append(inside[:, j], loss_reference[j])) for j in range(loss.shape[1])]
+    lows = np.stack([g.ravel() for g in np.meshgrid(*[e[:-1] for e in edges], indexing="ij")], axis=1)
+    widths = np.stack([g.ravel() for g in np.meshgrid(*[np.diff(e) for e in edges], indexing="ij")], axis=1)
+    covered = np.any(np.all(inside[None, :, :] <= lows[:, None, :], axis=2), axis=1)
+    return math.fsum(np.prod(widths[covered], axis=1))
 
 
 def _messy_points(rng, n, k):
@@ -64,7 +71,7 @@ def _to_loss(points, directions):
     return points * np.array([-1.0 if d == "max" else 1.0 for d in directions])
 
 
-@pytest.mark.parametrize("k", [2, 3, 4])
+@pytest.mark.parametrize("k", [2, 3, 4, 5])
 @pytest.mark.parametrize("seed", SEEDS)
 def test_front_matches_brute_force(seed, k):
     rng = np.random.default_rng(seed)
@@ -74,8 +81,7 @@ def test_front_matches_brute_force(seed, k):
     np.testing.assert_array_equal(non_dominated(points, directions), expected)
 
 
-def test_front_matches_brute_force_across_several_blocks():
-    # More rows than one comparison block, so front rows from earlier blocks must be used.
+def test_front_of_a_large_messy_set_matches_brute_force():
     rng = np.random.default_rng(7)
     points = _messy_points(rng, 700, 3)
     directions = ["max", "min", "max"]
@@ -108,22 +114,6 @@ def test_every_point_of_a_plane_is_on_the_front():
     assert non_dominated(points, ["max", "max", "max"]).all()
 
 
-@pytest.mark.parametrize("k", [2, 3, 4])
-@pytest.mark.parametrize("seed", range(15))
-def test_non_dominated_sort_matches_brute_force(seed, k):
-    rng = np.random.default_rng(1000 + seed)
-    points = _messy_points(rng, int(rng.integers(1, 60)), k)
-    directions = _random_directions(rng, k)
-    np.testing.assert_array_equal(
-        non_dominated_sort(points, directions), _brute_force_ranks(points, directions)
-    )
-
-
-def test_non_dominated_sort_hand_example():
-    points = np.array([[3.0, 3.0], [2.0, 2.0], [1.0, 1.0], [np.nan, 0.0], [3.0, 1.0]])
-    np.testing.assert_array_equal(non_dominated_sort(points, ["max", "max"]), [0, 1, 2, -1, 1])
-
-
 def test_hypervolume_hand_computed_staircase():
     points = np.array([[1.0, 3.0], [2.0, 2.0], [3.0, 1.0]])
     assert hypervolume(points, ["max", "max"], reference=[0.0, 0.0]) == pytest.approx(6.0)
@@ -139,45 +129,56 @@ def test_hypervolume_hand_computed_3d():
     )
 
 
-@pytest.mark.parametrize("k", [2, 3])
+def test_hypervolume_hand_computed_4d():
+    # Boxes of 2*2*2*1 and 1*1*1*2 up to (2, 2, 2, 2), overlapping in one unit hypercube.
+    points = np.array([[0.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 0.0]])
+    assert hypervolume(points, ["min"] * 4, reference=[2.0] * 4) == pytest.approx(8 + 2 - 1)
+
+
+def test_brute_force_hypervolume_agrees_with_the_hand_computed_cases():
+    # The reference used below must itself be right on cases worked out by hand.
+    staircase = np.array([[1.0, 3.0], [2.0, 2.0], [3.0, 1.0]])
+    assert _brute_force_hypervolume(staircase, ["max", "max"], [0.0, 0.0]) == pytest.approx(6.0)
+    boxes = np.array([[0.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 0.0]])
+    assert _brute_force_hypervolume(boxes, ["min"] * 4, [2.0] * 4) == pytest.approx(9.0)
+
+
+# Point counts stay small in higher dimensions: the brute force grows like n ** k.
+BRUTE_FORCE_MAX_POINTS = {2: 60, 3: 30, 4: 12, 5: 7}
+
+
+@pytest.mark.parametrize("k", [2, 3, 4, 5])
 @pytest.mark.parametrize("seed", range(20))
-def test_hypervolume_matches_optuna(seed, k):
+def test_hypervolume_matches_brute_force(seed, k):
     rng = np.random.default_rng(2000 + seed)
-    points = np.round(rng.random((int(rng.integers(1, 200)), k)), int(rng.integers(1, 4)))
+    points = _messy_points(rng, int(rng.integers(1, BRUTE_FORCE_MAX_POINTS[k] + 1)), k)
     directions = _random_directions(rng, k)
     reference = np.array([0.0 if d == "max" else 1.05 for d in directions])
 
-    loss = _to_loss(points, directions)
-    loss_reference = _to_loss(reference, directions)
-    expected = compute_hypervolume(loss, loss_reference)
-
-    assert expected > 0
-    assert hypervolume(points, directions, reference) == pytest.approx(expected, rel=1e-12)
+    expected = _brute_force_hypervolume(points, directions, reference)
+    assert hypervolume(points, directions, reference) == pytest.approx(expected, rel=1e-12, abs=1e-15)
 
 
+@pytest.mark.parametrize("k", [2, 3, 4])
 @pytest.mark.parametrize("seed", range(10))
-def test_hypervolume_ignores_points_outside_reference_and_nan_rows(seed):
+def test_hypervolume_ignores_points_outside_reference_and_nan_rows(seed, k):
     rng = np.random.default_rng(3000 + seed)
-    points = rng.random((150, 3)) * 2 - 0.5
-    points[rng.integers(0, 150, size=10), 1] = np.nan
-    directions = ["max", "min", "max"]
-    reference = np.array([0.2, 0.9, 0.1])
+    n = BRUTE_FORCE_MAX_POINTS[k]
+    points = rng.random((n, k)) * 2 - 0.5
+    points[rng.integers(0, n, size=n // 10 + 1), 1] = np.nan
+    directions = ["max", "min", "max", "min"][:k]
+    reference = np.array([0.2, 0.9, 0.1, 0.8][:k])
 
-    loss = _to_loss(points, directions)
-    loss_reference = _to_loss(reference, directions)
-    inside = np.all(loss < loss_reference, axis=1)  # NaN compares False, so NaN rows drop out
-    expected = compute_hypervolume(loss[inside], loss_reference)
-
-    assert hypervolume(points, directions, reference) == pytest.approx(expected, rel=1e-12)
+    expected = _brute_force_hypervolume(points, directions, reference)
+    assert hypervolume(points, directions, reference) == pytest.approx(expected, rel=1e-12, abs=1e-15)
 
 
 def test_default_reference_is_zero_for_max_and_margin_beyond_worst_for_min():
     points = np.array([[0.5, 0.2], [0.25, 0.6]])
-    # "min" reference: worst 0.6 + 0.1 * (0.6 - 0.2) = 0.64.
-    expected = compute_hypervolume(
-        _to_loss(points, ["max", "min"]), np.array([-0.0, 0.64])
-    )
-    assert hypervolume(points, ["max", "min"]) == pytest.approx(expected)
+    # "min" reference: worst 0.6 + 0.1 * (0.6 - 0.2) = 0.64; the second point is dominated.
+    assert hypervolume(points, ["max", "min"]) == pytest.approx(0.5 * (0.64 - 0.2))
+    expected = _brute_force_hypervolume(points, ["max", "min"], [0.0, 0.64])
+    assert hypervolume(points, ["max", "min"]) == pytest.approx(expected, rel=1e-12)
 
 
 def test_default_reference_for_constant_min_objective_uses_unit_scale_margin():
@@ -190,9 +191,26 @@ def test_hypervolume_of_no_finite_points_is_zero():
     assert hypervolume(np.full((2, 2), np.nan), ["max", "min"]) == 0.0
 
 
-def test_hypervolume_rejects_more_than_three_objectives():
-    with pytest.raises(ValueError, match="2-3 objectives"):
-        hypervolume(np.ones((3, 4)), ["max"] * 4)
+def test_single_objective_hypervolume_is_the_best_interval():
+    points = np.array([[0.3], [0.7], [np.nan]])
+    assert hypervolume(points, ["max"]) == pytest.approx(0.7)
+    assert hypervolume(points, ["min"], reference=[1.0]) == pytest.approx(0.7)
+
+
+@pytest.mark.parametrize("k, n", [(4, 400), (5, 300)])
+def test_four_and_five_objectives_give_a_front_and_a_finite_hypervolume(k, n):
+    rng = np.random.default_rng(k)
+    points = _messy_points(rng, n, k)
+    directions = _random_directions(rng, k)
+    mask = non_dominated(points, directions)
+    np.testing.assert_array_equal(mask, _brute_force_front(points, directions))
+    assert math.isfinite(hypervolume(points, directions)) and hypervolume(points, directions) > 0
+    # Only front points enclose volume, so with a fixed reference the front alone gives the same value.
+    reference = [0.0 if d == "max" else 1.05 for d in directions]
+    volume = hypervolume(points, directions, reference)
+    assert 0 < volume < 1.05 ** k
+    assert hypervolume(points[mask], directions, reference) == pytest.approx(volume, rel=1e-12)
+    assert knee_point(points, directions) in np.flatnonzero(mask)
 
 
 def test_knee_point_picks_the_balanced_point():
@@ -225,7 +243,7 @@ def test_knee_point_of_nan_only_input_is_none():
     assert knee_point(np.full((3, 2), np.nan), ["max", "max"]) is None
 
 
-@pytest.mark.parametrize("function", [non_dominated, non_dominated_sort, hypervolume, knee_point])
+@pytest.mark.parametrize("function", [non_dominated, hypervolume, knee_point])
 def test_bad_direction_is_named_in_the_error(function):
     with pytest.raises(ValueError, match=r"'maximize'.*'max'.*'min'"):
         function(np.ones((2, 2)), ["max", "maximize"])

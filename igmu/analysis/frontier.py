@@ -31,7 +31,6 @@ import numpy as np
 import pandas as pd
 
 from igmu.analysis.pareto import (
-    EXACT_HYPERVOLUME_MAX_OBJECTIVES,
     MAXIMISE,
     MINIMISE,
     hypervolume,
@@ -248,7 +247,7 @@ class Frontier:
     directions: tuple[str, ...]
     scored: pd.DataFrame  # the trials taken into account, index 0..n-1
     on_front: np.ndarray  # bool mask over `scored`
-    hypervolume: float | None  # None beyond 3 objectives, where no exact algorithm is implemented
+    hypervolume: float
     knee: int | None  # row position in `scored`
 
     @property
@@ -301,10 +300,8 @@ def frontier_of(scored: pd.DataFrame, objectives: Sequence[str], directions: Seq
     """Front, hypervolume and knee of rows that are already known to be scored (see select_scored)."""
     objectives, directions = tuple(objectives), tuple(directions)
     points = scored[list(objectives)].to_numpy(dtype=float)
-    volume = (hypervolume(points, directions) if len(objectives) <= EXACT_HYPERVOLUME_MAX_OBJECTIVES
-              else None)
-    return Frontier(objectives, directions, scored, non_dominated(points, directions), volume,
-                    knee_point(points, directions))
+    return Frontier(objectives, directions, scored, non_dominated(points, directions),
+                    hypervolume(points, directions), knee_point(points, directions))
 
 
 def compute_frontier(table: pd.DataFrame, objectives: Sequence[str] = DEFAULT_OBJECTIVES,
@@ -513,8 +510,7 @@ def compare_algorithms(loaded: Sequence[tuple[SweepSource, pd.DataFrame]], objec
         result.median_efficiency_seconds = _median(rows.get(EFFICIENCY_OBJECTIVE))
         result.best_front = _best_front_values(frontier)
         results.append(result)
-    results.sort(key=lambda r: (-(r.frontier.hypervolume if r.frontier.hypervolume is not None else -math.inf),
-                                r.algorithm))
+    results.sort(key=lambda r: (-r.frontier.hypervolume, r.algorithm))
     return results
 
 
