@@ -1,36 +1,118 @@
 """The judges application's settings: the packaged `judges.yaml`, a `--config FILE` that replaces it,
-and the `args` of a Serve application builder that override single keys. Every mistake is one line
-naming the key and what would have been valid."""
+and the `args` of a Serve application builder that override single keys. A pydantic model checks
+them; every mistake is one line naming the key (and its file and line, where it came from a file)
+and what would have been valid."""
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Annotated, Any
 
-import yaml
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic_core import ErrorDetails
+from typing_extensions import TypedDict
 
-from igmu.errors import UsageError
+from igmu.config_file import (
+    Integer,
+    KeyPath,
+    Location,
+    Node,
+    Number,
+    Text,
+    key_error,
+    mapping_entries,
+    read_node,
+    validate,
+)
 
 DEFAULT_CONFIG = Path(__file__).with_name("judges.yaml")
-# Keys of `deployment:` handed to `@serve.deployment` / `.options()` as they are.
-DEPLOYMENT_KEYS = ("max_ongoing_requests", "num_replicas", "autoscaling_config", "ray_actor_options")
-ACTOR_KEYS = ("num_cpus", "num_gpus", "memory", "resources", "runtime_env")
-AUTOSCALING_KEYS = ("min_replicas", "initial_replicas", "max_replicas", "target_ongoing_requests",
-                    "upscale_delay_s", "downscale_delay_s", "metrics_interval_s", "look_back_period_s",
-                    "upscaling_factor", "downscaling_factor")
+SERVE_DEFAULT_MAX_ONGOING_REQUESTS = 5  # what Serve uses when `deployment` leaves it out
+_FORBID_EXTRA = ConfigDict(extra="forbid")
 
 
-@dataclass(frozen=True)
-class JudgesServeConfig:
-    judges_dir: str | None = None
-    route_prefix: str = "/judges"
-    image_size: int = 32
-    max_images_per_request: int = 256
-    max_batch_size: int = 256
-    batch_wait_timeout_s: float = 0.005
-    malloc_retain_mb: int = 64
-    deployment: dict = field(default_factory=dict)
+class ActorOptions(TypedDict, total=False):
+    """Ray's options for each replica's actor."""
+
+    __pydantic_config__ = _FORBID_EXTRA
+
+    num_cpus: Annotated[Number, Field(ge=0)]
+    num_gpus: Annotated[Number, Field(ge=0)]
+    memory: Any
+    resources: Any
+    runtime_env: Any
+
+
+class AutoscalingConfig(TypedDict, total=False):
+    """Only the keys are checked here; Serve checks their values."""
+
+    __pydantic_config__ = _FORBID_EXTRA
+
+    min_replicas: Any
+    initial_replicas: Any
+    max_replicas: Any
+    target_ongoing_requests: Any
+    upscale_delay_s: Any
+    downscale_delay_s: Any
+    metrics_interval_s: Any
+    look_back_period_s: Any
+    upscaling_factor: Any
+    downscaling_factor: Any
+
+
+def _none_as_empty(value: Any) -> Any:
+    # `ray_actor_options: null` reads as no options: pass {} on, not None, so readers can .get() it.
+    return {} if value is None else value
+
+
+def _replicas_or_autoscaling(deployment: dict) -> dict:
+    if "num_replicas" in deployment and "autoscaling_config" in deployment:
+        raise key_error(("num_replicas",), "set either num_replicas or autoscaling_config, not both",
+                        deployment["num_replicas"])
+    return deployment
+
+
+class Deployment(TypedDict, total=False):
+    """Handed to `@serve.deployment` / `.options()` as it is."""
+
+    __pydantic_config__ = _FORBID_EXTRA
+
+    max_ongoing_requests: Annotated[Integer, Field(ge=1)]
+    num_replicas: Annotated[Integer, Field(ge=1)]
+    autoscaling_config: AutoscalingConfig | None
+    ray_actor_options: Annotated[ActorOptions, BeforeValidator(_none_as_empty)]
+
+
+class JudgesServeSettings(BaseModel):
+    """What a config file or builder `args` may set (docs/serve.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    judges_dir: Text | None = None
+    route_prefix: Annotated[str, Field(strict=True, pattern=r"^/")] = "/judges"
+    image_size: Annotated[Integer, Field(ge=1)] = 32
+    max_images_per_request: Annotated[Integer, Field(ge=1)] = 256
+    max_batch_size: Annotated[Integer, Field(ge=1)] = 256
+    batch_wait_timeout_s: Annotated[Number, Field(ge=0)] = 0.005
+    malloc_retain_mb: Annotated[Integer, Field(ge=0)] = 64
+    deployment: Annotated[Deployment, BeforeValidator(_none_as_empty), AfterValidator(_replicas_or_autoscaling),
+                          Field(default_factory=dict)]
+
+    @model_validator(mode="after")
+    def _batches_fit(self):
+        if self.max_images_per_request > self.max_batch_size:
+            raise key_error(("max_images_per_request",), f"{self.max_images_per_request} exceeds max_batch_size "
+                            f"{self.max_batch_size}; valid: at most max_batch_size", self.max_images_per_request)
+        ongoing = self.deployment.get("max_ongoing_requests", SERVE_DEFAULT_MAX_ONGOING_REQUESTS)
+        if ongoing < self.max_batch_size:
+            raise key_error(("deployment", "max_ongoing_requests"),
+                            f"{ongoing} is below max_batch_size {self.max_batch_size}; a replica never holds more "
+                            "requests than this, so batches could never fill; valid: >= max_batch_size", ongoing)
+        return self
+
+
+class JudgesServeConfig(JudgesServeSettings):
+    """The settings and where they came from."""
+
     source: str = str(DEFAULT_CONFIG)
 
     def judges_path(self) -> Path:
@@ -43,109 +125,34 @@ class JudgesServeConfig:
 
     def to_args(self) -> dict:
         """The builder `args` that reproduce this config (what `build_app` receives)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "source"}
+        return {key: getattr(self, key) for key in SETTING_KEYS}
 
 
-SETTING_KEYS = tuple(f.name for f in fields(JudgesServeConfig) if f.name != "source")
-DEFAULTS = JudgesServeConfig()
+SETTING_KEYS = tuple(JudgesServeSettings.model_fields)
+# The fields' defaults, unchecked: without the packaged file's deployment they fail the batch check.
+DEFAULTS = JudgesServeConfig.model_construct()
 
 
 def load_serve_config(path: str | Path | None = None, overrides: dict | None = None) -> JudgesServeConfig:
     """The packaged config, or `path` instead of it, with `overrides` (builder args) on top."""
     source = Path(path) if path else DEFAULT_CONFIG
-    try:
-        data = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise UsageError(f"serve config {str(source)!r} not found") from None
-    except (OSError, yaml.YAMLError) as err:
-        raise UsageError(f"serve config {str(source)!r} cannot be read: {' '.join(str(err).split())}") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"{source}: expected a mapping of settings; valid keys: {', '.join(SETTING_KEYS)}")
+    root = read_node(source, str(source), "serve config")
+    entries = {} if root.value is None else mapping_entries(root, "serve config")
     shown = f"{source} with args {sorted(overrides)}" if overrides else str(source)
-    return parse_serve_config({**data, **(overrides or {})}, shown)
+    given = {key: Node.wrap(value, Location(shown)) for key, value in (overrides or {}).items()}
+    return _validated(Node({**entries, **given}, root.where), shown)
 
 
 def parse_serve_config(data: dict, source: str = "<args>") -> JudgesServeConfig:
-    def fail(key: str, message: str) -> UsageError:
-        return UsageError(f"{source}: {key}: {message}")
-
-    for key in data:
-        if key not in SETTING_KEYS:
-            raise fail(key, f"unknown key; valid: {', '.join(SETTING_KEYS)}")
-    def value(key: str):
-        return data.get(key, getattr(DEFAULTS, key))
-
-    config = JudgesServeConfig(
-        judges_dir=_optional_text(value("judges_dir"), "judges_dir", fail),
-        route_prefix=_route(value("route_prefix"), fail),
-        image_size=_integer(value("image_size"), "image_size", 1, fail),
-        max_images_per_request=_integer(value("max_images_per_request"), "max_images_per_request", 1, fail),
-        max_batch_size=_integer(value("max_batch_size"), "max_batch_size", 1, fail),
-        batch_wait_timeout_s=_number(value("batch_wait_timeout_s"), "batch_wait_timeout_s", fail),
-        malloc_retain_mb=_integer(value("malloc_retain_mb"), "malloc_retain_mb", 0, fail),
-        deployment=_deployment(data.get("deployment") or {}, fail),
-        source=source)
-    if config.max_images_per_request > config.max_batch_size:
-        raise fail("max_images_per_request", f"{config.max_images_per_request} exceeds max_batch_size "
-                                             f"{config.max_batch_size}; valid: at most max_batch_size")
-    ongoing = config.deployment.get("max_ongoing_requests", 5)  # Serve's default
-    if ongoing < config.max_batch_size:
-        raise fail("deployment.max_ongoing_requests", f"{ongoing} is below max_batch_size {config.max_batch_size}; "
-                                                      "a replica never holds more requests than this, so batches "
-                                                      "could never fill; valid: >= max_batch_size")
-    return config
+    return _validated(Node.wrap(data, Location(source)), source)
 
 
-def _optional_text(value, key, fail) -> str | None:
-    if value is None or (isinstance(value, str) and value.strip()):
-        return value
-    raise fail(key, f"expected a folder path or null, got {value!r}")
+def _validated(root: Node, source: str) -> JudgesServeConfig:
+    settings = validate(JudgesServeSettings, root, explain=_explain)
+    return JudgesServeConfig(**dict(settings), source=source)
 
 
-def _route(value, fail) -> str:
-    if isinstance(value, str) and value.startswith("/"):
-        return value
-    raise fail("route_prefix", f"{value!r} is not a route; valid: text starting with '/', e.g. /judges")
-
-
-def _integer(value, key, minimum, fail) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise fail(key, f"{value!r} is not valid; valid: an integer >= {minimum}")
-    return value
-
-
-def _number(value, key, fail) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise fail(key, f"{value!r} is not valid; valid: a number >= 0")
-    return float(value)
-
-
-def _deployment(value, fail) -> dict:
-    if not isinstance(value, dict):
-        raise fail("deployment", f"expected a mapping; valid keys: {', '.join(DEPLOYMENT_KEYS)}")
-    for key in value:
-        if key not in DEPLOYMENT_KEYS:
-            raise fail(f"deployment.{key}", f"unknown key; valid: {', '.join(DEPLOYMENT_KEYS)}")
-    if "num_replicas" in value and "autoscaling_config" in value:
-        raise fail("deployment.num_replicas", "set either num_replicas or autoscaling_config, not both")
-    if "max_ongoing_requests" in value:
-        _integer(value["max_ongoing_requests"], "deployment.max_ongoing_requests", 1, fail)
-    if "num_replicas" in value:
-        _integer(value["num_replicas"], "deployment.num_replicas", 1, fail)
-    _submapping(value, "autoscaling_config", AUTOSCALING_KEYS, fail)
-    actor = _submapping(value, "ray_actor_options", ACTOR_KEYS, fail)
-    for key in ("num_cpus", "num_gpus"):
-        if key in actor:
-            _number(actor[key], f"deployment.ray_actor_options.{key}", fail)
-    # `ray_actor_options: null` reads as no options: pass {} on, not None, so readers can .get() it.
-    return {**value, "ray_actor_options": actor} if "ray_actor_options" in value else dict(value)
-
-
-def _submapping(value: dict, key: str, allowed: tuple, fail) -> dict:
-    entries = value.get(key) or {}
-    if not isinstance(entries, dict):
-        raise fail(f"deployment.{key}", f"expected a mapping; valid keys: {', '.join(allowed)}")
-    for name in entries:
-        if name not in allowed:
-            raise fail(f"deployment.{key}.{name}", f"unknown key; valid: {', '.join(allowed)}")
-    return entries
+def _explain(error: ErrorDetails, path: KeyPath) -> str | None:
+    if path == ("route_prefix",) and error["type"] == "string_pattern_mismatch":
+        return f"{error['input']!r} is not a route; valid: text starting with '/', e.g. /judges"
+    return None
