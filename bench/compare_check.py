@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from igmu.metrics.base import ASPECTS
-from igmu.sweep.engine import results_root
+from igmu.sweep.results import FINISHED, TABLE_FILE, results_root
 
 
 def dominates(a: np.ndarray, b: np.ndarray) -> bool:
@@ -39,7 +39,7 @@ def direct_hypervolume(points: np.ndarray) -> float:
 
 
 def expected(table: pd.DataFrame, objectives: list[str]) -> dict[str, dict]:
-    scored = table[(table["status"] == "finished") & table[objectives].notna().all(axis=1)]
+    scored = table[(table["status"] == FINISHED) & table[objectives].notna().all(axis=1)]
     out = {}
     for algorithm, rows in scored.groupby("algorithm"):
         points = rows[objectives].to_numpy(float)
@@ -68,7 +68,7 @@ def main() -> None:
     if result.returncode:
         raise SystemExit(f"igmu compare failed: {result.stderr.strip()}")
     board = {row["algorithm"]: row for row in json.loads(result.stdout)["leaderboard"]}
-    truth = expected(pd.read_parquet(results_root(None) / args.sweep / "results.parquet"), objectives)
+    truth = expected(pd.read_parquet(results_root(None) / args.sweep / TABLE_FILE), objectives)
     failures = 0
     if set(board) != set(truth):
         print(f"algorithms differ: report {sorted(board)} vs table {sorted(truth)}")

@@ -409,3 +409,19 @@ def test_front_summary_for_the_sweep_command(store):
     assert as_rows == text
     unscored = store.table.assign(status="error")
     assert front_summary(unscored, ["forgetting"]).startswith("Pareto front: none (no scored trial")
+
+
+def test_pareto_uses_the_directions_the_sweep_file_declared(store, capsys):
+    """A sweep that declared efficiency_seconds as maximised is analysed that way by `igmu pareto`."""
+    state_file = store.root / SWEEP / "sweep.json"
+    state = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps({**state, "objectives": {"forgetting": "max", "efficiency_seconds": "max"}}))
+    code, out, _ = igmu(capsys, "pareto", SWEEP, "--objectives", "forgetting,efficiency_seconds", "--json")
+    assert code == 0
+    answer = json.loads(out)
+    rows = scored(store.table, ["forgetting", "efficiency_seconds"])
+    values = rows[["forgetting", "efficiency_seconds"]].to_numpy(float)  # both maximised
+    expected = {rows["trial_id"].iloc[i] for i in range(len(values))
+                if not any(np.all(values[j] >= values[i]) and np.any(values[j] > values[i]) for j in range(len(values)))}
+    assert {row["trial_id"] for row in answer["front"]} == expected
+    assert expected != brute_force_front(rows, ["forgetting", "efficiency_seconds"])  # the natural reading differs

@@ -3,10 +3,9 @@
 `igmu pareto` and `igmu compare` (and the summary `igmu sweep` prints at the end) all start from the
 same question: among the trials that were scored, which ones no other trial beats on every chosen
 objective? This module answers it at the level of the results table (one row per trial, see
-`igmu.sweep.engine`), on top of the pure numpy maths in `igmu.analysis.pareto`:
+`igmu.sweep.results`, which also finds a sweep's table), on top of `igmu.analysis.pareto`:
 
-* `locate_sweep` turns what the user typed (a sweep name, an MLflow parent run id or a Parquet file)
-  into the table, the sweep folder and the MLflow parent run;
+* `choose_objectives` picks the objectives and their directions, as the sweep files declared them;
 * `select_scored` / `compute_frontier` keep only trials with finite scores and compute the front,
   its hypervolume and its knee point;
 * `frontier_json`, `format_front_table`, `front_summary` and `compare_algorithms` / `leaderboard`
@@ -17,11 +16,7 @@ objective? This module answers it at the level of the results table (one row per
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import json
 import math
-import re
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +26,6 @@ import numpy as np
 import pandas as pd
 
 from igmu.analysis.pareto import (
-    MAXIMISE,
     MINIMISE,
     hypervolume,
     knee_point,
@@ -39,201 +33,44 @@ from igmu.analysis.pareto import (
 )
 from igmu.errors import UsageError
 from igmu.metrics.base import ASPECTS
-
-EFFICIENCY_OBJECTIVE = "efficiency_seconds"
-# Aspect scores lie in [0, 1] with 1 best; efficiency is wall-clock seconds, so less is better.
-OBJECTIVE_DIRECTIONS: dict[str, str] = {**{aspect: MAXIMISE for aspect in ASPECTS}, EFFICIENCY_OBJECTIVE: MINIMISE}
-DEFAULT_OBJECTIVES = ("forgetting", "preservation")
-
-FINISHED = "finished"
-EARLY_STOPPED = "early_stopped"
-PARAM_PREFIX = "param_"
-REQUIRED_COLUMNS = ("trial_id", "status")
+from igmu.sweep.results import (
+    DEFAULT_OBJECTIVES,
+    EARLY_STOPPED,
+    EFFICIENCY_OBJECTIVE,
+    ERROR,
+    FINISHED,
+    PARAM_PREFIX,
+    REQUIRED_COLUMNS,
+    SweepSource,
+    objective_directions,
+)
 
 PARETO_TAG = "pareto"
 # Set on the parent run, so a reader of the child tags knows which objectives they refer to.
 PARETO_OBJECTIVES_TAG = "igmu.pareto_objectives"
 PARETO_ARTIFACT_DIR = "pareto"
-# MLflow run ids are uuid4 hex strings; only text of that shape is worth a tracking-store query.
-RUN_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 SEARCH_PAGE_SIZE = 1000
 
 
 # --- objectives -------------------------------------------------------------------------------
 
 
-def parse_objectives(objectives: str | Sequence[str]) -> tuple[str, ...]:
-    """Validate a comma-separated list (or sequence) of objective names, keeping the given order.
-
-    Order matters: the first two objectives are the axes of every plot.
-    """
-    names = objectives.split(",") if isinstance(objectives, str) else list(objectives)
-    names = [name.strip() for name in names if name.strip()]
-    if not names:
-        raise UsageError(f"no objective given; valid: {', '.join(OBJECTIVE_DIRECTIONS)}")
-    for name in names:
-        if name not in OBJECTIVE_DIRECTIONS:
-            close = difflib.get_close_matches(name, OBJECTIVE_DIRECTIONS, n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            raise UsageError(f"unknown objective {name!r}{hint}; valid: {', '.join(OBJECTIVE_DIRECTIONS)}")
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    if duplicates:
-        raise UsageError(f"objective {duplicates[0]!r} is given twice; give each objective once")
-    return tuple(names)
+def choose_objectives(requested: str | Sequence[str], sources: Iterable[SweepSource] = ()) -> dict[str, str]:
+    """name -> direction, in the given order (the first two are every plot's axes): each requested
+    objective in the direction its sweep file declared, else in its natural direction."""
+    names = requested.split(",") if isinstance(requested, str) else list(requested)
+    return objective_directions(names, declared_objectives(sources))
 
 
-def directions_for(objectives: Sequence[str]) -> tuple[str, ...]:
-    """The fixed direction of each objective: aspects are maximised, efficiency is minimised."""
-    return tuple(OBJECTIVE_DIRECTIONS[name] for name in objectives)
-
-
-# --- finding a sweep ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SweepSource:
-    """Where a results table came from, and so where its trial folders and MLflow runs are."""
-
-    label: str
-    table_path: Path
-    # Folder holding sweep.json and trials/<trial_id>/; for a bare Parquet file, the file's folder.
-    sweep_dir: Path
-    parent_run_id: str | None = None
-    tracking_uri: str | None = None
-    # Why MLflow cannot be updated for this source (None when it can be tried).
-    mlflow_unavailable: str | None = None
-
-    @property
-    def mlflow_note(self) -> str | None:
-        """Why MLflow is skipped for this source, or None when the tracking store can be tried."""
-        if self.mlflow_unavailable:
-            return self.mlflow_unavailable
-        return None if self.parent_run_id else "no MLflow parent run is known for this table; skipping MLflow"
-
-    def grid_path(self, trial_id) -> Path | None:
-        """The trial's image grid on disk, when the sweep kept one."""
-        path = self.sweep_dir / "trials" / str(trial_id) / "grid.png"
-        return path if path.is_file() else None
-
-
-def locate_sweep(sweep: str, storage: str | None = None, tracking_uri: str | None = None) -> SweepSource:
-    """Resolve SWEEP: a `.parquet` file, a sweep name under the results root, or an MLflow parent run id.
-
-    A parent run id is looked up first in the `sweep.json` files under the results root (no
-    tracking store needed), then in the tracking store, whose parent run carries the sweep name in
-    its `igmu.sweep` tag.
-    """
-    from igmu.sweep.engine import results_root
-
-    if sweep.endswith(".parquet"):
-        return _source_from_parquet(Path(sweep), tracking_uri)
-    root = results_root(storage)
-    if (root / sweep / "results.parquet").is_file():
-        return _source_from_sweep_dir(root / sweep, root, tracking_uri)
-    sweep_dir = _sweep_dir_by_parent_run(root, sweep) or _sweep_dir_from_mlflow(root, sweep, tracking_uri)
-    if sweep_dir is not None:
-        if not (sweep_dir / "results.parquet").is_file():
-            raise UsageError(f"sweep {sweep_dir.name!r} (parent run {sweep}) has no results table yet "
-                             f"(looked at {sweep_dir / 'results.parquet'}); has it finished?")
-        return _source_from_sweep_dir(sweep_dir, root, tracking_uri, parent_run_id=sweep)
-    known = sorted(path.parent.name for path in root.glob("*/results.parquet"))
-    raise UsageError(f"unknown sweep {sweep!r}: not a sweep name under {root}, an MLflow parent run id or a "
-                     f".parquet file; known sweeps: {', '.join(known) or 'none'}")
-
-
-def _source_from_parquet(path: Path, tracking_uri: str | None) -> SweepSource:
-    """A Parquet file given directly; it is a sweep's own table when a sweep.json sits next to it."""
-    path = path.expanduser().resolve()
-    if not path.is_file():
-        raise UsageError(f"no results table at {path}")
-    if (path.parent / "sweep.json").is_file():
-        # <root>/<sweep>/results.parquet: the default tracking store is <root>/mlflow.db.
-        return _source_from_sweep_dir(path.parent, path.parent.parent, tracking_uri, table_path=path)
-    label = path.parent.name if path.name == "results.parquet" else path.stem
-    return SweepSource(label, path, path.parent,
-                       mlflow_unavailable=f"{path.name} has no sweep.json next to it, so its MLflow parent run "
-                                          "is unknown; skipping MLflow")
-
-
-def _source_from_sweep_dir(sweep_dir: Path, root: Path, tracking_uri: str | None,
-                           table_path: Path | None = None, parent_run_id: str | None = None) -> SweepSource:
-    """A sweep folder under `root`; its parent run is the one given, else the one sweep.json records."""
-    from igmu.sweep.tracking import default_tracking_uri
-
-    parent_run_id = parent_run_id or _read_sweep_state(sweep_dir / "sweep.json").get("parent_run_id")
-    uri = tracking_uri or default_tracking_uri(root)
-    unavailable = None
-    if not parent_run_id:
-        unavailable = f"no parent run recorded in {sweep_dir / 'sweep.json'}; skipping MLflow"
-    elif tracking_uri is None and not (root / "mlflow.db").is_file():
-        unavailable = f"no tracking store at {root / 'mlflow.db'} (pass --tracking-uri); skipping MLflow"
-    return SweepSource(sweep_dir.name, table_path or sweep_dir / "results.parquet", sweep_dir,
-                       parent_run_id=parent_run_id, tracking_uri=uri, mlflow_unavailable=unavailable)
-
-
-def _read_sweep_state(path: Path) -> dict:
-    """sweep.json as a dict; an unreadable or missing file counts as empty (it is only a pointer)."""
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return state if isinstance(state, dict) else {}
-
-
-def _sweep_dir_by_parent_run(root: Path, parent_run_id: str) -> Path | None:
-    """The sweep folder whose sweep.json records this parent run, without touching MLflow."""
-    for state_file in sorted(root.glob("*/sweep.json")):
-        if _read_sweep_state(state_file).get("parent_run_id") == parent_run_id:
-            return state_file.parent
-    return None
-
-
-def _sweep_dir_from_mlflow(root: Path, run_id: str, tracking_uri: str | None) -> Path | None:
-    """Ask the tracking store for the parent run and follow its `igmu.sweep` tag to the sweep folder.
-
-    Only tried for text shaped like a run id and a store that exists: opening a SQLite URI creates
-    the database, which a mistyped sweep name must not do.
-    """
-    from igmu.sweep.tracking import SWEEP_TAG, default_tracking_uri
-
-    if not RUN_ID_PATTERN.match(run_id):
-        return None
-    if tracking_uri is None and not (root / "mlflow.db").is_file():
-        return None
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    try:
-        run = MlflowClient(tracking_uri or default_tracking_uri(root)).get_run(run_id)
-    except MlflowException:
-        return None
-    sweep_name = run.data.tags.get(SWEEP_TAG)
-    return root / sweep_name if sweep_name else None
-
-
-def distinct_sources(sources: Iterable[SweepSource]) -> list[SweepSource]:
-    """Drop repeats of the same table and make labels unique, since reports key trials by label."""
-    by_path = {source.table_path: source for source in sources}
-    distinct, seen = [], set()
-    for source in by_path.values():
-        label, copy = source.label, 2
-        while label in seen:
-            label, copy = f"{source.label}-{copy}", copy + 1
-        seen.add(label)
-        distinct.append(dataclasses.replace(source, label=label))
-    return distinct
-
-
-def load_sweep_table(source: SweepSource) -> pd.DataFrame:
-    """Read the results table, turning unreadable files and foreign tables into one-line errors."""
-    try:
-        table = pd.read_parquet(source.table_path)
-    except Exception as err:  # pyarrow raises several unrelated types for a corrupt or non-Parquet file
-        raise UsageError(f"cannot read results table {source.table_path}: {err}") from None
-    missing = [column for column in REQUIRED_COLUMNS if column not in table.columns]
-    if missing:
-        raise UsageError(f"{source.table_path} is not an igmu results table: no column {missing[0]!r}")
-    return table
+def declared_objectives(sources: Iterable[SweepSource]) -> dict[str, str]:
+    """The objectives the sweep files declared; sweeps that disagree on a direction cannot share a front."""
+    merged: dict[str, str] = {}
+    for source in sources:
+        for name, direction in source.objectives.items():
+            if merged.setdefault(name, direction) != direction:
+                raise UsageError(f"the sweeps declare objective {name!r} both as max and as min; valid: sweeps "
+                                 "whose sweep files agree on every objective's direction")
+    return merged
 
 
 # --- scored rows, fronts, knee ----------------------------------------------------------------------
@@ -286,7 +123,7 @@ def select_scored(table: pd.DataFrame, objectives: Sequence[str], include_stoppe
     stopped = is_early_stopped(table)
     allowed = (table["status"] == FINISHED) & ~stopped
     if include_stopped:
-        allowed |= stopped & (table["status"] != "error")
+        allowed |= stopped & (table["status"] != ERROR)
     values = table[list(objectives)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
     finite = np.all(np.isfinite(values), axis=1)
     keep = allowed.to_numpy() & finite
@@ -304,12 +141,17 @@ def frontier_of(scored: pd.DataFrame, objectives: Sequence[str], directions: Seq
                     hypervolume(points, directions), knee_point(points, directions))
 
 
-def compute_frontier(table: pd.DataFrame, objectives: Sequence[str] = DEFAULT_OBJECTIVES,
-                     include_stopped: bool = False, label: str = "the table",
-                     directions: Sequence[str] | None = None) -> Frontier:
-    """The front of a whole results table; bad objectives or no scored trial are a UsageError."""
-    objectives = parse_objectives(objectives) if directions is None else tuple(objectives)
-    directions = directions_for(objectives) if directions is None else tuple(directions)
+def with_directions(objectives: Mapping[str, str] | Sequence[str]) -> dict[str, str]:
+    """name -> direction; bare names take their natural direction."""
+    return dict(objectives) if isinstance(objectives, Mapping) else objective_directions(objectives)
+
+
+def compute_frontier(table: pd.DataFrame, objectives: Mapping[str, str] | Sequence[str] = DEFAULT_OBJECTIVES,
+                     include_stopped: bool = False, label: str = "the table") -> Frontier:
+    """The front of a whole results table on `objectives` (name -> direction, or names in their
+    natural directions); no scored trial is a UsageError."""
+    objectives = with_directions(objectives)
+    objectives, directions = tuple(objectives), tuple(objectives.values())
     scored = select_scored(table, objectives, include_stopped)
     if scored.empty:
         raise UsageError(f"no scored trial in {label} for {', '.join(objectives)}: {_status_counts(table)}"
@@ -378,21 +220,17 @@ def format_front_table(frontier: Frontier, label: str = "") -> str:
                       f"hypervolume: {format_number(frontier.hypervolume)}   knee: {frontier.knee_trial}"])
 
 
-def front_summary(table, objectives: Sequence[str] | Mapping[str, str] = DEFAULT_OBJECTIVES) -> str:
+def front_summary(table, objectives: Mapping[str, str] | Sequence[str] = DEFAULT_OBJECTIVES) -> str:
     """The front of a finished sweep, for `igmu sweep` to print last; never raises on bad data.
 
-    `table` is a results DataFrame or its rows (dicts); `objectives` a list of names or the sweep
-    file's `{objective: direction}` mapping, whose directions are then used as given.
+    `table` is a results DataFrame or its rows (dicts); `objectives` the sweep file's
+    `{objective: direction}` mapping, or names in their natural directions.
     """
     frame = table if isinstance(table, pd.DataFrame) else pd.DataFrame(list(table))
-    if isinstance(objectives, Mapping):
-        names, directions = tuple(objectives), tuple(objectives.values())
-    else:
-        names, directions = tuple(objectives), None
     try:
         if frame.empty or any(column not in frame.columns for column in REQUIRED_COLUMNS):
             raise UsageError("no trials")
-        return format_front_table(compute_frontier(frame, names, label="this sweep", directions=directions))
+        return format_front_table(compute_frontier(frame, objectives, label="this sweep"))
     except (UsageError, ValueError) as err:
         return f"Pareto front: none ({err})"
 
@@ -485,14 +323,15 @@ def combine_tables(loaded: Sequence[tuple[SweepSource, pd.DataFrame]]) -> pd.Dat
     return pd.concat(frames, ignore_index=True, sort=False) if frames else pd.DataFrame()
 
 
-def compare_algorithms(loaded: Sequence[tuple[SweepSource, pd.DataFrame]], objectives: Sequence[str] = DEFAULT_OBJECTIVES,
+def compare_algorithms(loaded: Sequence[tuple[SweepSource, pd.DataFrame]],
+                       objectives: Mapping[str, str] | Sequence[str] = DEFAULT_OBJECTIVES,
                        include_stopped: bool = False) -> list[AlgorithmResult]:
     """Group the scored trials of every sweep by algorithm and compute each algorithm's own front.
 
     Sorted by hypervolume (largest first), so the list reads as a leaderboard.
     """
-    objectives = parse_objectives(objectives)
-    directions = directions_for(objectives)
+    objectives = with_directions(objectives)
+    objectives, directions = tuple(objectives), tuple(objectives.values())
     combined = combine_tables(loaded)
     labels = ", ".join(source.label for source, _ in loaded)
     if "algorithm" not in combined.columns:

@@ -14,8 +14,9 @@ import click
 from igmu.cli.output import emit, note
 
 DEFAULT_OBJECTIVES_TEXT = "forgetting,preservation"
-OBJECTIVES_HELP = ("Comma-separated objectives: forgetting, preservation, quality, alignment, robustness "
-                   "(maximised), efficiency_seconds (minimised). The first two are the plot axes.")
+OBJECTIVES_HELP = ("Comma-separated objectives: forgetting, preservation, quality, alignment, robustness, "
+                   "efficiency_seconds, each in the direction the sweep file declared (else aspects are "
+                   "maximised, efficiency_seconds minimised). The first two are the plot axes.")
 
 
 @click.command("pareto")
@@ -33,18 +34,12 @@ def pareto_command(sweep: str, objectives: str, as_json: bool, include_stopped: 
     Tags the front's MLflow runs pareto=true and the sweep's other runs pareto=false, and logs the
     plot (PNG and interactive HTML) to the parent run.
     """
-    from igmu.analysis.frontier import (
-        compute_frontier,
-        format_front_table,
-        frontier_json,
-        load_sweep_table,
-        locate_sweep,
-        parse_objectives,
-    )
+    from igmu.analysis.frontier import choose_objectives, compute_frontier, format_front_table, frontier_json
+    from igmu.sweep.results import load_sweep_table, locate_sweep
 
-    names = parse_objectives(objectives)
     source = locate_sweep(sweep, storage, tracking_uri)
-    frontier = compute_frontier(load_sweep_table(source), names, include_stopped, label=f"sweep {source.label!r}")
+    chosen = choose_objectives(objectives, [source])
+    frontier = compute_frontier(load_sweep_table(source), chosen, include_stopped, label=f"sweep {source.label!r}")
     emit(frontier_json(frontier), as_json, lambda _: click.echo(format_front_table(frontier, source.label)))
     message = record_sweep_front(source, frontier)
     if message:
@@ -73,20 +68,14 @@ def record_sweep_front(source, frontier) -> str | None:
 def compare_command(sweeps: tuple[str, ...], out: Path, objectives: str, include_stopped: bool,
                     storage: str | None, as_json: bool) -> None:
     """Leaderboard of the algorithms in one or more SWEEPS, with a Markdown and an HTML report."""
-    from igmu.analysis.frontier import (
-        compare_algorithms,
-        distinct_sources,
-        load_sweep_table,
-        locate_sweep,
-        parse_objectives,
-        text_table,
-    )
+    from igmu.analysis.frontier import choose_objectives, compare_algorithms, text_table
     from igmu.analysis.report import leaderboard_table, write_compare_report
+    from igmu.sweep.results import distinct_sources, load_sweep_table, locate_sweep
 
-    names = parse_objectives(objectives)
     sources = distinct_sources(locate_sweep(sweep, storage) for sweep in sweeps)
+    chosen = choose_objectives(objectives, sources)
     loaded = [(source, load_sweep_table(source)) for source in sources]
-    written = write_compare_report(compare_algorithms(loaded, names, include_stopped), sources, out)
+    written = write_compare_report(compare_algorithms(loaded, chosen, include_stopped), sources, out)
 
     def table(report):
         click.echo(text_table(*leaderboard_table(report["leaderboard"])))

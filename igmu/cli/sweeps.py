@@ -34,19 +34,15 @@ def sweep_command(sweep_file: Path, address: str | None, storage: str | None, tr
 
 
 def _show_front(outcome, config, storage: str | None) -> None:
-    """Print the Pareto front and log its plot to the parent run (issue: the sweep ends with it)."""
-    from igmu.analysis.frontier import (
-        compute_frontier,
-        front_summary,
-        load_sweep_table,
-        locate_sweep,
-    )
+    """Print the Pareto front on the sweep's own objectives and log its plot to the parent run."""
+    from igmu.analysis.frontier import compute_frontier, front_summary
     from igmu.cli.analysis import record_sweep_front
+    from igmu.sweep.results import load_sweep_table, locate_sweep
 
     click.echo(front_summary(outcome.rows, config.objectives))
     source = locate_sweep(config.name, storage, outcome.tracking_uri)
     try:
-        frontier = compute_frontier(load_sweep_table(source), list(config.objectives), False,
+        frontier = compute_frontier(load_sweep_table(source), config.objectives, False,
                                     label=f"sweep {config.name!r}")
     except UsageError as err:  # e.g. no trial was scored: nothing to plot, the summary said why
         note(f"no Pareto plot: {err}")
@@ -57,16 +53,18 @@ def _show_front(outcome, config, storage: str | None) -> None:
 
 
 def _sweep_summary(outcome, config) -> str:
+    from igmu.sweep.results import EARLY_STOPPED, ERROR, FINISHED, row_params
+
     lines = [f"sweep {outcome.name}: {len(outcome.rows)} trials, "
-             f"{sum(r['status'] == 'early_stopped' for r in outcome.rows)} stopped early, "
-             f"{sum(r['status'] == 'error' for r in outcome.rows)} failed; results: {outcome.table}"]
-    finished = [r for r in outcome.rows if r["status"] == "finished"]
+             f"{sum(r['status'] == EARLY_STOPPED for r in outcome.rows)} stopped early, "
+             f"{sum(r['status'] == ERROR for r in outcome.rows)} failed; results: {outcome.table}"]
+    finished = [r for r in outcome.rows if r["status"] == FINISHED]
     for objective, mode in config.objectives.items():
         scored = [r for r in finished if r.get(objective) == r.get(objective)]  # drop NaN
         if scored:
             best = (max if mode == "max" else min)(scored, key=lambda r: r[objective])
-            params = {k[6:]: v for k, v in best.items() if k.startswith("param_") and v == v}
-            lines.append(f"  best {objective}: {best[objective]:.3f}  trial {best['trial_id']} ({best['algorithm']}) {params}")
+            lines.append(f"  best {objective}: {best[objective]:.3f}  trial {best['trial_id']} ({best['algorithm']}) "
+                         f"{row_params(best)}")
     lines.append(f"open the MLflow UI: igmu ui --tracking-uri {outcome.tracking_uri}")
     return "\n".join(lines)
 
@@ -79,9 +77,9 @@ def _sweep_summary(outcome, config) -> str:
               help="Write here (required for parquet); default: stdout.")
 def results_command(sweep: str, fmt: str, storage: str | None, out: Path | None) -> None:
     """Export a sweep's results table (one row per trial) as Parquet, CSV or JSON."""
-    from igmu.sweep.engine import load_table
+    from igmu.sweep.results import load_sweep_table, locate_sweep
 
-    table = load_table(sweep, storage)
+    table = load_sweep_table(locate_sweep(sweep, storage))
     if fmt == "parquet":
         if out is None:
             raise UsageError("--format parquet needs --out FILE")
@@ -102,7 +100,7 @@ def ui_command(tracking_uri: str | None, storage: str | None, port: int) -> None
     """Open MLflow's UI on the sweep store."""
     import subprocess
 
-    from igmu.sweep.engine import results_root
+    from igmu.sweep.results import results_root
     from igmu.sweep.tracking import default_tracking_uri
 
     uri = tracking_uri or default_tracking_uri(results_root(storage))

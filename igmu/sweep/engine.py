@@ -1,26 +1,29 @@
 """`igmu sweep FILE`: Ray Tune + Optuna + ASHA over one sweep file, every trial tracked in MLflow.
 
-Layout of a sweep's outputs, under the results root (`--storage`, `IGMU_RESULTS`, or
-`./igmu-results`, always made absolute because Tune changes each trial's working directory):
-
-    <root>/mlflow.db                 default MLflow store (SQLite, absolute URI)
-    <root>/<sweep>/sweep.json        the MLflow parent run (reused on --resume)
-    <root>/<sweep>/tune/             Tune's experiment: trial checkpoints, searcher state
-    <root>/<sweep>/trials/<id>/      each finished trial's scorecard.json and grid.png
-    <root>/<sweep>/results.parquet   one row per trial
-    <root>/<sweep>/images/           original-model images shared by every trial
+What a sweep writes, and where, is laid out in `igmu.sweep.results`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from igmu.sweep.file import Distribution, SweepConfig, check_resources
+from igmu.sweep.results import (
+    EARLY_STOPPED,
+    ERROR,
+    FINISHED,
+    STATE_FILE,
+    TABLE_FILE,
+    is_uri,
+    results_root,
+    trial_row,
+    update_sweep_state,
+    write_table,
+)
 from igmu.sweep.tracking import (
     SWEEP_TAG,
     MlflowTracker,
@@ -29,10 +32,8 @@ from igmu.sweep.tracking import (
     start_parent_run,
 )
 
-RESULTS_ENV = "IGMU_RESULTS"
 # JSON {budget: {forget: n, retain: n, ...}}: smaller evaluation budgets for smoke runs and tests.
 BUDGET_SIZES_ENV = "IGMU_BUDGET_SIZES"
-DEFAULT_RESULTS = "igmu-results"
 
 
 @dataclass
@@ -43,17 +44,6 @@ class SweepOutcome:
     tracking_uri: str
     parent_run_id: str
     rows: list[dict]
-
-
-def is_uri(storage: str | None) -> bool:
-    return bool(storage) and "://" in storage
-
-
-def results_root(storage: str | None = None) -> Path:
-    """The local results root. A URI `--storage` (s3://...) holds Tune's checkpoints only; the
-    MLflow store default, the trials' artifacts and the results table stay local."""
-    local = None if is_uri(storage) else storage
-    return Path(local or os.environ.get(RESULTS_ENV, DEFAULT_RESULTS)).expanduser().resolve()
 
 
 def tune_storage(storage: str | None, sweep_dir: Path) -> str:
@@ -201,7 +191,8 @@ def run_sweep(config: SweepConfig, *, address: str | None = None, storage: str |
     check_resources(config, available_gpus=gpu_capacity())
     client = MlflowClient(uri)
     experiment_id, parent = start_parent_run(client, config.tracking.experiment or config.name, config.name,
-                                             sweep_dir / "sweep.json", Path(config.path).read_text())
+                                             sweep_dir / STATE_FILE, Path(config.path).read_text())
+    update_sweep_state(sweep_dir / STATE_FILE, objectives=dict(config.objectives))
     tracker = MlflowTracker(uri, experiment_id, parent, tags={SWEEP_TAG: config.name, "target": config.target,
                                                               "category": sweep_category(config)})
     space = {**to_tune_space(config), SETTINGS_KEY: trial_settings(config, sweep_dir, **(extra_settings or {}))}
@@ -223,14 +214,13 @@ def run_sweep(config: SweepConfig, *, address: str | None = None, storage: str |
     with judges_service(config.eval.judges):
         grid = tuner.fit()
     rows = result_rows(grid, MlflowClient(uri), experiment_id, parent)
-    table = write_table(rows, sweep_dir / "results.parquet")
+    table = write_table(rows, sweep_dir / TABLE_FILE)
     finish_parent(client, parent)
     return SweepOutcome(config.name, sweep_dir, table, uri, parent, rows)
 
 
 def result_rows(grid, client, experiment_id: str, parent_run_id: str) -> list[dict]:
     """One row per trial, joined with its MLflow run (found by tag, so resumed sweeps join too)."""
-    from igmu.metrics.base import ASPECTS
     from igmu.run import resolved_params
     from igmu.sweep.space import trial_params
     from igmu.sweep.tracking import PARENT_TAG, TRIAL_TAG
@@ -241,43 +231,10 @@ def result_rows(grid, client, experiment_id: str, parent_run_id: str) -> list[di
     rows = []
     for result in grid:
         metrics = result.metrics or {}
-        trial_id = metrics.get("trial_id")
         algorithm, overrides = trial_params(result.config)
         params = resolved_params(algorithm, overrides, result.config[SETTINGS_KEY].get("category"))
-        run = runs.get(trial_id)
-        done = bool(metrics.get(FINAL))
-        status = "error" if result.error else ("finished" if done else "early_stopped")
-        row = {"trial_id": trial_id, "algorithm": algorithm,
-               **{f"param_{k}": (str(v) if isinstance(v, str) else v) for k, v in params.items()},
-               "status": status, "early_stopped": status == "early_stopped", "steps": metrics.get("step"),
-               **{aspect: (float(metrics[aspect]) if done and aspect in metrics else math.nan) for aspect in ASPECTS},
-               "forget_retain_hmean": metrics.get("forget_retain_hmean", math.nan),
-               "efficiency_seconds": metrics.get("efficiency_seconds", math.nan),
-               "trial_seconds": metrics.get("time_total_s", math.nan),
-               "mlflow_run_id": run.info.run_id if run else None}
-        rows.append(row)
+        run = runs.get(metrics.get("trial_id"))
+        status = ERROR if result.error else (FINISHED if metrics.get(FINAL) else EARLY_STOPPED)
+        rows.append(trial_row(metrics.get("trial_id"), algorithm, params, status, metrics,
+                              run.info.run_id if run else None))
     return rows
-
-
-def write_table(rows: list[dict], path: Path) -> Path:
-    import pandas as pd
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".parquet.tmp")
-    pd.DataFrame(rows).to_parquet(partial, index=False)
-    os.replace(partial, path)
-    return path
-
-
-def load_table(sweep: str, storage: str | None = None):
-    """A sweep's results table, by sweep name (under the results root) or a Parquet path."""
-    import pandas as pd
-
-    from igmu.errors import UsageError
-
-    path = Path(sweep)
-    if path.suffix != ".parquet":
-        path = results_root(storage) / sweep / "results.parquet"
-    if not path.is_file():
-        raise UsageError(f"no results table for {sweep!r} (looked at {path}); valid: a sweep name or a .parquet file")
-    return pd.read_parquet(path)

@@ -50,15 +50,12 @@ from igmu.config_file import (
 )
 from igmu.errors import UsageError
 from igmu.metrics.base import ASPECTS, BUDGETS
-from igmu.world.concepts import ALL_CONCEPTS, get_concept
+from igmu.models.kinds import SHIPPED_MODEL_NAMES, kind_of
+from igmu.sweep.results import DEFAULT_OBJECTIVES, DIRECTIONS, HMEAN, OBJECTIVE_NAMES
+from igmu.world.concepts import ALL_CONCEPTS
 
-WORLD_MODEL = "world"
-HMEAN_METRIC = "forget_retain_hmean"
-EFFICIENCY_OBJECTIVE = "efficiency_seconds"
-OBJECTIVE_NAMES = (*ASPECTS, EFFICIENCY_OBJECTIVE)
-DIRECTIONS = ("max", "min")
-SCHEDULER_METRICS = (HMEAN_METRIC, *ASPECTS)
-DEFAULT_OBJECTIVES = {"forgetting": "max", "preservation": "max"}
+WORLD_MODEL = SHIPPED_MODEL_NAMES[1]
+SCHEDULER_METRICS = (HMEAN, *ASPECTS)
 OPTUNA_SAMPLERS = ("tpe", "nsga2")
 GRID_SAMPLER = "grid"
 JUDGE_PLACES = ("local", "serve")
@@ -105,7 +102,7 @@ class EarlyStopConfig:
 
     scheduler: Scheduler = Field("asha", description="asha (asynchronous successive halving), hyperband "
                                                      "(synchronous, pauses trials) or none")
-    metric: Literal[SCHEDULER_METRICS] = Field(HMEAN_METRIC, description="the one scalar the scheduler compares, "
+    metric: Literal[SCHEDULER_METRICS] = Field(HMEAN, description="the one scalar the scheduler compares, "
                                                                           "from the interim evaluation")
     grace_period: Integer = Field(1, ge=1, description="interim evaluations every trial gets before it can be "
                                                        "stopped")
@@ -323,20 +320,26 @@ class SweepConfig:
     locations: dict[str, Location] = field(compare=False, repr=False)
 
 
-def check_target(model: str, target: str, anchor: str | None, where: Mapping[str, Location]) -> str:
-    """The world model's own rules: its targets are its concepts (matched case-insensitively, returned
-    as the world names them) and it derives anchors itself. `where` maps keys to their locations."""
-    if model != WORLD_MODEL:
-        return target
+def algorithm_names(file: SweepFile) -> list[str]:
+    return [file.algorithm] if isinstance(file.algorithm, str) else list(file.algorithm)
+
+
+def check_target(file: SweepFile, where: Mapping[str, Location], root: Location) -> str:
+    """The target as the model's kind of generator names it. Which targets and anchors a model
+    takes is its kind's rule (world models: world concepts, anchors derived from the prompt sets)."""
+    kinds = tuple(dict.fromkeys(kind for name in algorithm_names(file) for kind in ALGORITHMS[name].generator_kinds))
     try:
-        target = get_concept(target).name
-    except UsageError:
-        names = [c.name for c in ALL_CONCEPTS]
-        raise fail(where["target"], ("target",), f"{target!r} is not a world concept; valid: {', '.join(names)}"
-                                                 f"{closest_hint(target, names)}") from None
-    if anchor is not None:
-        raise fail(where["anchor"], ("anchor",), "the world model derives anchor prompts from its prompt sets; "
-                                                 "valid: leave anchor out, or set model to a Stable Diffusion model")
+        kind = kind_of(file.model, kinds)
+    except UsageError as err:
+        raise fail(where.get("model", root), ("model",), str(err)) from None
+    try:
+        target = kind.normalise_target(file.target)
+    except UsageError as err:
+        raise fail(where["target"], ("target",), str(err)) from None
+    try:
+        kind.check_anchor(file.anchor)
+    except UsageError as err:
+        raise fail(where["anchor"], ("anchor",), str(err)) from None
     return target
 
 
@@ -371,7 +374,7 @@ def _algorithm_space(name: str, node: Node, path: KeyPath, sampler: str) -> Algo
 def _algorithm_spaces(file: SweepFile, root: Node) -> dict[str, AlgorithmSpace]:
     """One AlgorithmSpace per algorithm; `params` is keyed by hyperparameter for one algorithm and by
     algorithm name for a list."""
-    names = [file.algorithm] if isinstance(file.algorithm, str) else file.algorithm
+    names = algorithm_names(file)
     if file.params is None:
         return {name: AlgorithmSpace(name) for name in names}
     params, path, sampler = root.value["params"], ("params",), file.search.sampler
@@ -394,7 +397,7 @@ def _build_config(root: Node, shown: str) -> SweepConfig:
     if not file.tracking.experiment:
         sections["tracking"] = dataclasses.replace(file.tracking, experiment=file.name)
     return SweepConfig(name=file.name, model=file.model, anchor=file.anchor,
-                       target=check_target(file.model, file.target, file.anchor, locations),
+                       target=check_target(file, locations, root.where),
                        algorithms=_algorithm_spaces(file, root), objectives=dict(file.objectives),
                        path=shown, locations=locations, **sections)
 
@@ -438,7 +441,7 @@ def _params_rules(names: list[str]) -> list[dict]:
 
 def _world_rule() -> dict:
     """What `check_target` enforces for the world model (the default model)."""
-    return {"if": {"properties": {"model": {"const": WORLD_MODEL}}},
+    return {"if": {"properties": {"model": {"enum": list(SHIPPED_MODEL_NAMES)}}},
             "then": {"properties": {"target": {"enum": [c.name for c in ALL_CONCEPTS]}, "anchor": {"type": "null"}}}}
 
 

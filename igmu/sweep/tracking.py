@@ -17,6 +17,7 @@ from pathlib import Path
 from ray.tune import Callback
 
 from igmu.metrics.base import ASPECTS
+from igmu.sweep.results import EARLY_STOPPED, HMEAN
 from igmu.sweep.trainable import FINAL, SETTINGS_KEY
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -70,7 +71,7 @@ class MlflowTracker(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run_id = self._run_for(trial)
         step = int(result.get("step", result.get("training_iteration", 0)))
-        metrics = {k: float(v) for k, v in result.items() if k in (*ASPECTS, "forget_retain_hmean")
+        metrics = {k: float(v) for k, v in result.items() if k in (*ASPECTS, HMEAN)
                    and _finite(v)}
         if result.get(FINAL):
             final = {k: float(v) for k, v in result.items() if (k in ASPECTS or k.startswith("efficiency_")
@@ -111,7 +112,7 @@ class MlflowTracker(Callback):
 
     def _close(self, trial, status: str, early_stopped: bool) -> None:
         run_id = self._run_for(trial)
-        label = "early_stopped" if early_stopped and status == "FINISHED" else status.lower()
+        label = EARLY_STOPPED if early_stopped and status == "FINISHED" else status.lower()
         self.client.set_tag(run_id, "status", label)
         self.client.set_tag(run_id, "early_stopped", str(early_stopped).lower())
         self.client.set_terminated(run_id, "KILLED" if early_stopped else status)

@@ -1,4 +1,4 @@
-"""The Tune trainable: one top-level function, a pure function of its config (style rule 6).
+"""The Tune trainable: one top-level function, a pure function of its config, so Tune can run it anywhere.
 
 A trial unlearns, runs the small evaluation every `eval_every` steps and reports it with a
 checkpoint (so ASHA/HyperBand can stop it and a crashed trial resumes bit-for-bit), and replaces its
@@ -24,11 +24,11 @@ from igmu.metrics.context import Budget
 from igmu.metrics.scorecard import build_context, scorecard
 from igmu.models.judges import load_judges
 from igmu.run import build_unlearner, load_model_for, peak_memory_mb
+from igmu.sweep.results import HMEAN
 from igmu.sweep.space import trial_params
 from igmu.world.assets import assets_dir
 
 SETTINGS_KEY = "igmu"
-HMEAN = "forget_retain_hmean"
 # Marks the report that carries the full scorecard. Not "done": Tune reserves that result key.
 FINAL = "final"
 STATE_FILE = "state.pt"
