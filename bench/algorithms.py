@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 
-from igmu.models.kinds import WorldTextToImage
+from igmu.models.text_to_image import WorldTextToImage
 
 
 def igmu(*args: str) -> dict:

@@ -12,7 +12,7 @@ import time
 
 from algorithms import igmu
 
-from igmu.models.kinds import WorldImageToImage
+from igmu.models.image_to_image import WorldImageToImage
 
 FORGET_BAR, RETAIN_BAR = 0.5, 0.9
 

@@ -19,7 +19,7 @@ from igmu.algorithms.task import (
     prompt_task,
     world_task,
 )
-from igmu.models.kinds import load
+from igmu.models.loader import load
 
 
 def build_task(generator, target: str, category: str | None = None, anchor: str = "") -> UnlearningTask:

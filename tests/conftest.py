@@ -21,7 +21,7 @@ def judges():
 
 @pytest.fixture(scope="session")
 def world_generator():
-    from igmu.models.kinds import load
+    from igmu.models.loader import load
 
     return load("world", device="cpu")
 

@@ -13,7 +13,8 @@ from igmu.algorithms.esd import esd_target
 from igmu.algorithms.loop import run_unlearning
 from igmu.algorithms.uce import uce_solve
 from igmu.errors import UsageError
-from igmu.models.kinds import ALL_KINDS, StableDiffusion, WorldTextToImage, load
+from igmu.models.loader import ALL_KINDS, load
+from igmu.models.text_to_image import StableDiffusion, WorldTextToImage
 from igmu.run import build_unlearner
 
 # Contract tests pick algorithms by the generators they declare they can edit (`generator_kinds`);

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from igmu.models.kinds import WorldImageToImage
+from igmu.models.image_to_image import WorldImageToImage
 
 
 def igmu(*args):

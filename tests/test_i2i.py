@@ -18,8 +18,7 @@ from igmu.errors import UsageError
 from igmu.metrics.context import Budget
 from igmu.metrics.scorecard import build_context, scorecard
 from igmu.models.check import GENERATOR_TARGETS, I2I_OBJECT_TARGET, i2i_accuracy, unmet_targets
-from igmu.models.image_to_image import MASK_TYPES, I2IGenerator
-from igmu.models.kinds import WorldImageToImage
+from igmu.models.image_to_image import MASK_TYPES, I2IGenerator, WorldImageToImage
 from igmu.run import load_model_for
 from igmu.world.concept_images import concept_images, mosaics, shows
 from igmu.world.render import random_scene

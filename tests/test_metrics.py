@@ -10,7 +10,7 @@ from igmu.metrics.cache import ImageCache
 from igmu.metrics.context import CONTEXTS, EvalContext, attribute_hits, can_score, context_for, spread, target_detected
 from igmu.metrics.frechet import frechet_distance
 from igmu.metrics.image_to_image import I2IEvalContext
-from igmu.models.kinds import ALL_KINDS
+from igmu.models.loader import ALL_KINDS
 from igmu.world.concepts import get_concept
 from igmu.world.prompts import PromptSpec
 from igmu.world.render import random_scene, render_batch
@@ -135,7 +135,7 @@ class RenderCache(ImageCache):
 def render_context(judges, world_generator, target, erase=False):
     from igmu.metrics.context import Budget
     from igmu.metrics.scorecard import build_context
-    from igmu.models.kinds import load
+    from igmu.models.loader import load
 
     model = load("world", device="cpu")
     budget = Budget("full", forget=24, retain=48, related=24, paraphrase=24, attack_prompts=0)

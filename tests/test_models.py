@@ -7,8 +7,8 @@ import torch
 
 from igmu.errors import UsageError
 from igmu.models.check import GENERATOR_TARGETS, JUDGE_TARGET, generator_accuracy, judge_accuracy
-from igmu.models.kinds import StableDiffusion, load
-from igmu.models.text_to_image import world_model_dir
+from igmu.models.loader import load
+from igmu.models.text_to_image import StableDiffusion, world_model_dir
 
 
 def test_judges_are_accurate_on_fresh_renders(judges):

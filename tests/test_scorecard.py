@@ -7,7 +7,7 @@ from igmu.metrics.attack import attack_embeddings
 from igmu.metrics.cache import ImageCache
 from igmu.metrics.context import BUDGET_SIZES, Budget, target_detected
 from igmu.metrics.scorecard import build_context, scorecard
-from igmu.models.kinds import load
+from igmu.models.loader import load
 from igmu.world.concepts import get_concept
 
 # A smaller "full" budget: every aspect, fewer images, so CI stays fast.

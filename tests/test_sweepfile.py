@@ -17,7 +17,8 @@ from ray.tune.utils.util import merge_dicts
 
 from igmu.algorithms.base import ALGORITHMS
 from igmu.errors import UsageError
-from igmu.models.kinds import WorldImageToImage, WorldTextToImage
+from igmu.models.image_to_image import WorldImageToImage
+from igmu.models.text_to_image import WorldTextToImage
 from igmu.sweep.file import (
     REQUIRED_KEYS,
     SECTIONS,

@@ -15,7 +15,7 @@ from igmu.algorithms.base import (
     register_algorithm,
 )
 from igmu.algorithms.common import ParameterSet, noised, pick, prompt_images
-from igmu.models.kinds import TEXT_TO_IMAGE
+from igmu.models.text_to_image import TEXT_TO_IMAGE
 
 
 @dataclass

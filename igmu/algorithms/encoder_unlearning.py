@@ -21,8 +21,7 @@ import torch.nn.functional as F
 
 from igmu.algorithms.base import Unlearner, hyperparameter, register_algorithm
 from igmu.algorithms.common import frozen_copy, pick
-from igmu.models.image_to_image import MASK_TYPES
-from igmu.models.kinds import WorldImageToImage
+from igmu.models.image_to_image import MASK_TYPES, WorldImageToImage
 from igmu.world.concept_images import concept_images
 
 NoiseType = Literal["normal", "uniform", "constant"]

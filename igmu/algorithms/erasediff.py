@@ -20,7 +20,7 @@ from igmu.algorithms.common import (
     pick,
     prompt_images,
 )
-from igmu.models.kinds import TEXT_TO_IMAGE
+from igmu.models.text_to_image import TEXT_TO_IMAGE
 
 
 @dataclass

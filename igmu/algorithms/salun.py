@@ -22,7 +22,7 @@ from igmu.algorithms.common import (
     prompt_images,
     top_fraction_masks,
 )
-from igmu.models.kinds import TEXT_TO_IMAGE
+from igmu.models.text_to_image import TEXT_TO_IMAGE
 
 
 @dataclass

@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 
 from igmu.algorithms.base import Unlearner, hyperparameter, register_algorithm
-from igmu.models.kinds import TEXT_TO_IMAGE
+from igmu.models.text_to_image import TEXT_TO_IMAGE
 
 
 @dataclass

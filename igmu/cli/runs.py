@@ -25,7 +25,7 @@ def eval_command(model: str, target: str, budget: str, seed: int, grid_path: Pat
     from igmu.metrics.base import check_budget
     from igmu.metrics.context import context_for
     from igmu.metrics.scorecard import build_context, format_table, scorecard
-    from igmu.models.kinds import kind_of, load
+    from igmu.models.loader import kind_of, load
 
     kind = kind_of(model)
     context_for(kind, model)  # refuse a kind nothing scores yet before loading its weights

@@ -100,8 +100,7 @@ def ui_command(tracking_uri: str | None, storage: str | None, port: int) -> None
     """Open MLflow's UI on the sweep store."""
     import subprocess
 
-    from igmu.sweep.results import results_root
-    from igmu.sweep.tracking import default_tracking_uri
+    from igmu.sweep.results import default_tracking_uri, results_root
 
     uri = tracking_uri or default_tracking_uri(results_root(storage))
     sys.exit(subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--port", str(port)]))

@@ -14,8 +14,9 @@ import torch
 from igmu.errors import UsageError
 from igmu.metrics.cache import ImageCache
 from igmu.models.judges import Judge, expected_labels, load_judges
-from igmu.models.kinds import ALL_KINDS, GeneratorKind, WorldTextToImage, kind_names
-from igmu.models.text_to_image import Generator
+from igmu.models.kinds import GeneratorKind, kind_names
+from igmu.models.loader import ALL_KINDS
+from igmu.models.text_to_image import Generator, WorldTextToImage
 from igmu.world.assets import assets_dir
 from igmu.world.concepts import CHARACTER_NAMES, OBJECT_NAMES, STYLE_NAMES, Concept
 from igmu.world.prompts import PromptSpec, prompt_sets

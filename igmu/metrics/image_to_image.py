@@ -22,9 +22,8 @@ import torch.nn.functional as F
 from igmu.metrics.base import MetricResult, register_metric
 from igmu.metrics.context import Budget, evaluates, target_detected, world_judges
 from igmu.metrics.quality import relative_frechet
-from igmu.models.image_to_image import MASK_TYPES, I2IGenerator
+from igmu.models.image_to_image import MASK_TYPES, I2IGenerator, WorldImageToImage
 from igmu.models.judges import Judge
-from igmu.models.kinds import WorldImageToImage
 from igmu.world.concept_images import concept_images
 from igmu.world.concepts import Concept
 

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from igmu.models.judges import JUDGE_CLASSES, new_judges, save_judges
-from igmu.models.kinds import WorldTextToImage, load
-from igmu.models.text_to_image import Generator, PatchCodec
+from igmu.models.loader import load
+from igmu.models.text_to_image import Generator, PatchCodec, WorldTextToImage
 from igmu.world.concepts import CHARACTER_NAMES
 from igmu.world.render import random_scene, render_batch
 from igmu.world.training_data import build_tokenizer, training_example, vocabulary

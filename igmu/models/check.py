@@ -13,10 +13,10 @@ import numpy as np
 import torch
 
 from igmu.models.build import judge_training_batch
-from igmu.models.image_to_image import MASK_TYPES, I2IGenerator
+from igmu.models.image_to_image import MASK_TYPES, I2IGenerator, WorldImageToImage
 from igmu.models.judges import Judge, expected_labels, load_judges
-from igmu.models.kinds import WorldImageToImage, WorldTextToImage, load
-from igmu.models.text_to_image import Generator
+from igmu.models.loader import load
+from igmu.models.text_to_image import Generator, WorldTextToImage
 from igmu.world.assets import assets_dir
 from igmu.world.training_data import held_out_specs
 

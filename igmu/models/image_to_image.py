@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from igmu.errors import UsageError
-from igmu.models.kinds import WorldImageToImage
+from igmu.models.kinds import WorldKind
 from igmu.models.text_to_image import default_device
 
 MASK_TYPES = ("center", "half")
@@ -82,6 +82,24 @@ class Decoder(nn.Module):
             x = nn.functional.interpolate(x, scale_factor=2, mode="nearest")
             x = up(torch.cat([x, skip], dim=1))
         return torch.sigmoid(self.head(x))
+
+
+class WorldImageToImage(WorldKind):
+    """The world's image-to-image generator: an encoder and a decoder that inpaint and outpaint renders."""
+
+    name = "i2i"
+    description = "the embedded world's image-to-image (inpainting/outpainting) generator"
+    shipped_folder_name = "i2i"
+
+    @classmethod
+    def recognises(cls, folder: Path) -> bool:
+        return (folder / CONFIG_FILE).is_file()
+
+    @classmethod
+    def load_folder(cls, folder: Path, device: str | None, precision: str):
+        if precision != "fp32":
+            raise UsageError(f"precision {precision!r}: the image-to-image generator runs in fp32; valid: fp32")
+        return load_i2i_folder(folder, device)
 
 
 class I2IGenerator(nn.Module):

@@ -14,12 +14,13 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from igmu.errors import UsageError
-from igmu.models.kinds import SAMPLING_FILE, GeneratorKind, WorldTextToImage
+from igmu.models.kinds import SAMPLING_FILE, GeneratorKind, WorldKind, read_sampling
 
 COMPONENTS = ("unet", "text_encoder", "tokenizer", "scheduler")
 
@@ -173,11 +174,6 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     return choices[precision]
 
 
-def world_model_dir() -> Path:
-    """The shipped world generator; IGMU_ASSETS overrides where assets are read from."""
-    return WorldTextToImage.shipped_folder()
-
-
 def load_diffusers_folder(folder: Path, kind: type[GeneratorKind], device: str | None, precision: str,
                           sampling: dict, make_codec) -> Generator:
     """A diffusers-layout folder as a `Generator` of `kind`; `make_codec(unet, dtype)` builds the
@@ -213,3 +209,59 @@ def patch_factor(unet) -> int:
         raise UsageError(f"a model without vae/ must take RGB patches (3*k*k channels); "
                          f"its unet takes {unet.config.in_channels}")
     return factor
+
+
+class WorldTextToImage(WorldKind):
+    """The world's text-to-image diffusion model: pixel space, 2x2 patches folded into channels."""
+
+    name = "world"
+    description = "the embedded world's text-to-image diffusion model"
+    shipped_folder_name = "generator"
+
+    @classmethod
+    def recognises(cls, folder: Path) -> bool:
+        # Checked last: any other folder is read as a pixel-space diffusers folder, so that its
+        # loader can name the components it lacks.
+        return True
+
+    @classmethod
+    def load_folder(cls, folder: Path, device: str | None, precision: str):
+        sampling = read_sampling(folder) or read_sampling(cls.shipped_folder())
+        if sampling is None:
+            raise UsageError(f"model folder {str(folder)!r} has no {SAMPLING_FILE} and neither has the shipped "
+                             f"world generator; valid: a folder saved by igmu")
+        return load_diffusers_folder(folder, cls, device, precision, sampling,
+                                     lambda unet, dtype: PatchCodec(patch_factor(unet)))
+
+
+class StableDiffusion(GeneratorKind):
+    """A Stable Diffusion checkpoint in diffusers layout, diffusing in its VAE's latent space."""
+
+    name = "sd"
+    description = "Stable Diffusion (a diffusers folder or a cached hub id)"
+    # diffusers folders keep the scheduler's configuration but not how many steps to sample nor the
+    # guidance scale; these are the values SD is commonly sampled with, and a `sampling.json` in
+    # the folder (igmu writes one when it saves a model) replaces them.
+    fallback_sampling: ClassVar[dict] = {"steps": 30, "guidance": 7.5}
+
+    @classmethod
+    def recognises(cls, folder: Path) -> bool:
+        return (folder / "vae").is_dir()
+
+    @classmethod
+    def load_folder(cls, folder: Path, device: str | None, precision: str):
+        def vae_codec(unet, dtype):
+            from diffusers import AutoencoderKL
+
+            return VaeCodec(AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=dtype, use_safetensors=True))
+
+        sampling = read_sampling(folder) or dict(cls.fallback_sampling)
+        return load_diffusers_folder(folder, cls, device, precision, sampling, vae_codec)
+
+
+TEXT_TO_IMAGE: tuple[type[GeneratorKind], ...] = (WorldTextToImage, StableDiffusion)
+
+
+def world_model_dir() -> Path:
+    """The shipped world generator; IGMU_ASSETS overrides where assets are read from."""
+    return WorldTextToImage.shipped_folder()

@@ -17,20 +17,16 @@ from igmu.sweep.results import (
     ERROR,
     FINISHED,
     STATE_FILE,
+    SWEEP_TAG,
     TABLE_FILE,
     is_uri,
+    resolve_tracking_uri,
     results_root,
     trial_row,
     update_sweep_state,
     write_table,
 )
-from igmu.sweep.tracking import (
-    SWEEP_TAG,
-    MlflowTracker,
-    finish_parent,
-    resolve_tracking_uri,
-    start_parent_run,
-)
+from igmu.sweep.tracking import MlflowTracker, finish_parent, start_parent_run
 
 # JSON {budget: {forget: n, retain: n, ...}}: smaller evaluation budgets for smoke runs and tests.
 BUDGET_SIZES_ENV = "IGMU_BUDGET_SIZES"
@@ -66,7 +62,7 @@ def algorithm_steps(config: SweepConfig, name: str) -> int:
 def sweep_kind(config: SweepConfig):
     """The kind of generator the sweep's model is, among the kinds its algorithms edit."""
     from igmu.algorithms.base import get_algorithm
-    from igmu.models.kinds import kind_of
+    from igmu.models.loader import kind_of
 
     kinds = tuple(dict.fromkeys(kind for name in config.algorithms for kind in get_algorithm(name).generator_kinds))
     return kind_of(config.model, kinds)

@@ -50,7 +50,8 @@ from igmu.config_file import (
 )
 from igmu.errors import UsageError
 from igmu.metrics.base import ASPECTS, BUDGETS
-from igmu.models.kinds import SHIPPED_MODEL_NAMES, kind_of
+from igmu.models.kinds import SHIPPED_MODEL_NAMES
+from igmu.models.loader import kind_of
 from igmu.sweep.results import DEFAULT_OBJECTIVES, DIRECTIONS, HMEAN, OBJECTIVE_NAMES
 from igmu.world.concepts import ALL_CONCEPTS
 

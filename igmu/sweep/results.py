@@ -53,6 +53,10 @@ PARAM_PREFIX = "param_"
 COLUMNS = ("trial_id", "algorithm", "status", "early_stopped", "steps", *ASPECTS, HMEAN, EFFICIENCY_OBJECTIVE,
            "trial_seconds", "mlflow_run_id")
 REQUIRED_COLUMNS = ("trial_id", "status")
+# The tag on a sweep's MLflow parent run that names the sweep (and so its folder under the results root).
+SWEEP_TAG = "igmu.sweep"
+# MLflow's own variable: on a cluster the job environment points every driver at the tracking server.
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 # MLflow run ids are uuid4 hex strings; only text of that shape is worth a tracking-store query.
 RUN_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 
@@ -88,6 +92,17 @@ def results_root(storage: str | None = None) -> Path:
     MLflow store default, the trials' artifacts and the results table stay local."""
     local = None if is_uri(storage) else storage
     return Path(local or os.environ.get(RESULTS_ENV, DEFAULT_RESULTS)).expanduser().resolve()
+
+
+def default_tracking_uri(results_root: Path) -> str:
+    """An absolute SQLite URI: Tune changes each trial's working directory, so relative ones break."""
+    return f"sqlite:///{(results_root / 'mlflow.db').resolve()}"
+
+
+def resolve_tracking_uri(flag: str | None, sweep_file_uri: str | None, results_root: Path) -> str:
+    """`--tracking-uri`, else the sweep file's `tracking.uri`, else $MLFLOW_TRACKING_URI, else SQLite
+    under the results root. The file outranks the environment: it is the sweep's own setting."""
+    return flag or sweep_file_uri or os.environ.get(TRACKING_URI_ENV) or default_tracking_uri(results_root)
 
 
 def write_table(rows: list[dict], path: Path) -> Path:
@@ -194,8 +209,6 @@ def _source_from_parquet(path: Path, tracking_uri: str | None) -> SweepSource:
 def _source_from_sweep_dir(sweep_dir: Path, root: Path, tracking_uri: str | None,
                            table_path: Path | None = None, parent_run_id: str | None = None) -> SweepSource:
     """A sweep folder under `root`; its parent run is the one given, else the one sweep.json records."""
-    from igmu.sweep.tracking import default_tracking_uri
-
     state = read_sweep_state(sweep_dir / STATE_FILE)
     parent_run_id = parent_run_id or state.get("parent_run_id")
     uri = tracking_uri or default_tracking_uri(root)
@@ -232,8 +245,6 @@ def _sweep_dir_from_mlflow(root: Path, run_id: str, tracking_uri: str | None) ->
     Only tried for text shaped like a run id and a store that exists: opening a SQLite URI creates
     the database, which a mistyped sweep name must not do.
     """
-    from igmu.sweep.tracking import SWEEP_TAG, default_tracking_uri
-
     if not RUN_ID_PATTERN.match(run_id):
         return None
     if tracking_uri is None and not (root / "mlflow.db").is_file():

@@ -10,33 +10,18 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 
 from ray.tune import Callback
 
 from igmu.metrics.base import ASPECTS
-from igmu.sweep.results import EARLY_STOPPED, HMEAN
+from igmu.sweep.results import EARLY_STOPPED, HMEAN, SWEEP_TAG
 from igmu.sweep.trainable import FINAL, SETTINGS_KEY
 
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "igmu.trial_id"
-SWEEP_TAG = "igmu.sweep"
 INTERIM_PREFIX = "interim_"
-# MLflow's own variable: on a cluster the job environment points every driver at the tracking server.
-TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
-
-
-def default_tracking_uri(results_root: Path) -> str:
-    """An absolute SQLite URI: Tune changes each trial's working directory, so relative ones break."""
-    return f"sqlite:///{(results_root / 'mlflow.db').resolve()}"
-
-
-def resolve_tracking_uri(flag: str | None, sweep_file_uri: str | None, results_root: Path) -> str:
-    """`--tracking-uri`, else the sweep file's `tracking.uri`, else $MLFLOW_TRACKING_URI, else SQLite
-    under the results root. The file outranks the environment: it is the sweep's own setting."""
-    return flag or sweep_file_uri or os.environ.get(TRACKING_URI_ENV) or default_tracking_uri(results_root)
 
 
 def start_parent_run(client, experiment: str, sweep_name: str, state_file: Path, config_text: str) -> tuple[str, str]:
