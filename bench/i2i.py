@@ -2,7 +2,7 @@
 
 Usage: python bench/i2i.py [--targets ball,hazard] [--algorithms i2i,i2i-max-loss] [--set k=v ...] [--json]
 Reports, per run, the forget and retain sets' embedding similarity (and its ratio to the original
-model's), FD and IS analogue, the three scored aspects and the unlearning time. The issue's bar:
+model's), FD and IS analogue, the three scored aspects and the unlearning time. A run counts as a success at
 forget similarity <= 0.5 x original and retain similarity >= 0.9 x original.
 """
 

@@ -2,18 +2,11 @@
 
 `igmu pareto` and `igmu compare` (and the summary `igmu sweep` prints at the end) all start from the
 same question: among the trials that were scored, which ones no other trial beats on every chosen
-objective? This module answers it at the level of the results table (one row per trial, see
-`igmu.sweep.results`, which also finds a sweep's table), on top of `igmu.analysis.pareto`:
-
-* `choose_objectives` picks the objectives and their directions, as the sweep files declared them;
-* `select_scored` / `compute_frontier` keep only trials with finite scores and compute the front,
-  its hypervolume and its knee point;
-* `frontier_json`, `format_front_table`, `front_summary` and `compare_algorithms` / `leaderboard`
-  shape the answer for JSON, the terminal and the compare report;
-* `tag_front` and `record_front` write the answer back to MLflow (`pareto=true|false` on every child
-  run, plots on the parent run), so the MLflow UI can filter on `tags.pareto = 'true'`.
+objective, in the directions the sweep file declared? The answer is computed on the results table
+(one row per trial, defined in `igmu.sweep.results`) with the maths of `igmu.analysis.pareto`, and
+written back to MLflow as a `pareto=true|false` tag on every child run and plots on the parent run,
+so the MLflow UI can filter on `tags.pareto = 'true'`.
 """
-
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""The one place where a validated sweep file becomes Ray Tune's `param_space` (style rule 5).
+"""The one place where a validated sweep file becomes Ray Tune's `param_space`.
 
 `to_tune_space` maps each distribution of `igmu.sweep.file` onto its Tune domain and passes
 fixed values through unchanged:
