@@ -45,8 +45,14 @@ def _kind_at(location: str) -> type[GeneratorKind]:
         return next(kind for kind in RECOGNITION_ORDER if kind.recognises(path))
     if path.exists():
         raise UsageError(f"model path {location!r} is a file; valid: {VALID_MODELS}")
-    # Only Stable Diffusion loads from the local hub cache; its loader says when the id is not there.
+    if not looks_like_hub_id(location):
+        raise UsageError(f"model path {location!r} does not exist; valid: {VALID_MODELS}")
+    # Only Stable Diffusion loads from the local hub cache; `cached_or_local` says when the id is not there.
     return StableDiffusion
+
+
+def looks_like_hub_id(location: str) -> bool:
+    return location.count("/") == 1 and not location.startswith((".", "/"))
 
 
 def load(model: str = "base", kinds=ALL_KINDS, device: str | None = None, precision: str = "fp32"):
@@ -63,8 +69,6 @@ def cached_or_local(location: str) -> Path:
     path = Path(location)
     if path.is_dir():
         return path
-    if location.count("/") != 1 or location.startswith((".", "/")):
-        raise UsageError(f"model path {location!r} does not exist; valid: {VALID_MODELS}")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
