@@ -14,7 +14,7 @@ from igmu.algorithms.loop import run_unlearning
 from igmu.algorithms.uce import uce_solve
 from igmu.errors import UsageError
 from igmu.models.loader import ALL_KINDS, load
-from igmu.models.text_to_image import StableDiffusion, WorldTextToImage
+from igmu.models.text_to_image import TEXT_TO_IMAGE, StableDiffusion, WorldTextToImage
 from igmu.run import build_unlearner
 
 # Contract tests pick algorithms by the generators they declare they can edit (`generator_kinds`);
@@ -231,6 +231,7 @@ def test_bad_hyperparameters_name_key_type_and_range():
 def test_a_category_an_algorithm_cannot_handle_is_refused(world):
     class ObjectsOnly(Unlearner):
         categories = ("object",)
+        generator_kinds = TEXT_TO_IMAGE
         name = "objects-only"
 
     from igmu.algorithms.task import world_task

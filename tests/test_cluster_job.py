@@ -163,7 +163,7 @@ def local_entrypoint(manifest_entrypoint: str, sweep_file: Path, storage: Path) 
 
 
 def test_tracking_uri_precedence(tmp_path, monkeypatch):
-    from igmu.sweep.tracking import default_tracking_uri, resolve_tracking_uri
+    from igmu.sweep.results import default_tracking_uri, resolve_tracking_uri
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert resolve_tracking_uri(None, None, tmp_path) == default_tracking_uri(tmp_path)

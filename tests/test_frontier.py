@@ -65,7 +65,7 @@ class SweepStore:
     def __init__(self, root: Path, artifacts: Path):
         from mlflow.tracking import MlflowClient
 
-        from igmu.sweep.tracking import default_tracking_uri
+        from igmu.sweep.results import default_tracking_uri
 
         self.root = root
         self.client = MlflowClient(default_tracking_uri(root))

@@ -140,7 +140,7 @@ def test_resume_after_killing_the_driver(tmp_path):
     assert len(table) == 3 and table.trial_id.is_unique and table.mlflow_run_id.notna().all()
     from mlflow.tracking import MlflowClient
 
-    from igmu.sweep.tracking import default_tracking_uri
+    from igmu.sweep.results import default_tracking_uri
     client = MlflowClient(default_tracking_uri(tmp_path / "results"))
     experiment = client.get_experiment_by_name("resume-tiny")
     runs = client.search_runs([experiment.experiment_id], "tags.`igmu.sweep` = 'resume-tiny'")
