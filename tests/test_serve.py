@@ -18,6 +18,9 @@ from test_cluster_job import free_port
 from igmu.errors import UsageError
 from igmu.serve.images import encode_npy, encode_png
 
+# Every test talks to a real Ray Serve application.
+pytestmark = pytest.mark.slow
+
 MAX_IMAGES = 64
 TEST_SETTINGS = {
     "max_images_per_request": MAX_IMAGES,
