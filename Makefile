@@ -5,7 +5,7 @@ PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-integration install clean
+.PHONY: demo test test-fast test-integration install clean
 
 $(BIN)/igmu: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ demo: $(BIN)/igmu
 
 test: $(BIN)/igmu
 	$(BIN)/python -m pytest -q
+
+# The inner loop: everything but the tests marked slow (Ray, Serve, end-to-end sweeps, real servers).
+test-fast: $(BIN)/igmu
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # Only the tests that start real servers (a Ray head with its Jobs API, an MLflow server); `make test` runs them too.
 test-integration: $(BIN)/igmu

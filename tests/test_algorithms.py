@@ -47,6 +47,7 @@ def test_every_algorithm_declares_a_generator_kind_it_is_tested_on():
 
 
 @pytest.mark.parametrize("name", WORLD_ALGORITHMS)
+@pytest.mark.slow
 def test_contract_world_model(name, world):
     before = snapshot(world.unet)
     unlearner = build_unlearner(name, world, "ball", tiny_overrides(name), seed=1)
@@ -61,6 +62,7 @@ def test_contract_world_model(name, world):
 
 
 @pytest.mark.parametrize("name", SD_ALGORITHMS)
+@pytest.mark.slow
 def test_contract_tiny_stable_diffusion(name, tiny_sd_dir):
     gen = load(str(tiny_sd_dir), device="cpu")
     unlearner = build_unlearner(name, gen, "a photo of a cat", tiny_overrides(name), seed=0, anchor="a photo")
@@ -69,6 +71,7 @@ def test_contract_tiny_stable_diffusion(name, tiny_sd_dir):
 
 
 @pytest.mark.parametrize("name", WORLD_ALGORITHMS)
+@pytest.mark.slow
 def test_state_dict_round_trip_resumes_bit_for_bit(name):
     def fresh():
         gen = load("world", device="cpu")

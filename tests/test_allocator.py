@@ -38,6 +38,7 @@ def test_zero_leaves_the_allocator_alone():
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's")
+@pytest.mark.slow
 def test_retained_memory_stops_forwards_from_page_faulting():
     default, tuned = forward_faults(0), forward_faults(64)
     assert default["tuned"] is False and tuned["tuned"] is True

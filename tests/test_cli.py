@@ -40,6 +40,7 @@ def test_every_group_has_help():
     (["run", "--algorithm", "esd", "--target", "ball", "--set", "lr=7"], "out of range"),
     (["run", "--algorithm", "esd", "--target", "ball", "--set", "lr"], "not key=value"),
 ])
+@pytest.mark.slow
 def test_bad_input_is_one_line_and_exit_code_2(args, needle):
     result = igmu(*args)
     assert result.returncode == 2, result.stderr
@@ -48,6 +49,7 @@ def test_bad_input_is_one_line_and_exit_code_2(args, needle):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_corrupt_model_weights_are_one_line_exit_2(tmp_path):
     import shutil
 
@@ -78,6 +80,7 @@ SAVED_WEIGHTS = {"world": "model/unet/diffusion_pytorch_model.safetensors", "i2i
 
 
 @pytest.mark.parametrize("name", sorted(TINY_RUN))
+@pytest.mark.slow
 def test_run_end_to_end_saves_model_scorecard_and_grid(name, tmp_path):
     from igmu.algorithms.base import ALGORITHMS
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from kustomize_lite import build
+from test_k8s import kustomize as build
 from test_sweep import TINY_BUDGETS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -174,6 +174,7 @@ def test_tracking_uri_precedence(tmp_path, monkeypatch):
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_rayjob_entrypoint_runs_through_the_jobs_api_and_logs_to_an_mlflow_server(servers, tmp_path):
     from mlflow.tracking import MlflowClient
 
@@ -211,6 +212,7 @@ def test_rayjob_entrypoint_runs_through_the_jobs_api_and_logs_to_an_mlflow_serve
     assert set(pd.read_parquet(table).mlflow_run_id) == {r.info.run_id for r in trials}
 
 
+@pytest.mark.slow
 def test_gpu_capacity_counts_what_the_autoscaler_can_add(ray_session):
     """KubeRay's autoscaler writes each worker group's resources and max replicas to the GCS; a GPU
     sweep must be accepted on a cluster whose GPU group is at 0 nodes but may grow."""

@@ -21,6 +21,9 @@ from igmu.analysis.pareto import knee_point
 from igmu.cli.main import main
 from igmu.metrics.base import ASPECTS
 
+# Every test builds a fresh MLflow SQLite store (schema migrations: seconds each on 2 cores).
+pytestmark = pytest.mark.slow
+
 SWEEP = "demo"
 STOPPED_CHAMPION = "t-stopped-top"  # early-stopped, yet better than every finished trial
 DIRECTIONS = {**{aspect: "max" for aspect in ASPECTS}, "efficiency_seconds": "min"}

@@ -151,6 +151,7 @@ def test_the_original_model_scored_against_itself(judges):
     assert set(card["not_applicable"]) == {"alignment", "robustness"}
 
 
+@pytest.mark.slow
 def test_igmu_run_adds_the_i2i_block_and_saves_a_loadable_model(capsys, tmp_path):
     code = main(["run", "--algorithm", "i2i", "--target", "ball", "--budget", "small", "--json",
                  "--out", str(tmp_path / "run"), *[f"--set={k}={v}" for k, v in TINY.items()]])
@@ -170,6 +171,7 @@ def test_igmu_run_adds_the_i2i_block_and_saves_a_loadable_model(capsys, tmp_path
     assert changed and all(k.startswith("encoder.") for k in changed)
 
 
+@pytest.mark.slow
 def test_sweep_into_mlflow_then_pareto(ray_session, tmp_path, capsys):
     from igmu.sweep.engine import run_sweep
     from igmu.sweep.file import load_sweep

@@ -81,6 +81,7 @@ def test_make_scheduler_picks_per_algorithm_asha_for_several_algorithms(name, ex
         assert scheduler.max_t_by_algorithm == {"esd": 6, "salun": 6, "uce": 1, "ca": 6, "erasediff": 6}
 
 
+@pytest.mark.slow
 def test_a_sweep_over_two_algorithms_runs_under_per_algorithm_asha(ray_session, tmp_path):
     path = tmp_path / "mixed.yaml"
     path.write_text(textwrap.dedent("""

@@ -10,6 +10,9 @@ from igmu.metrics.scorecard import build_context, scorecard
 from igmu.models.loader import load
 from igmu.world.concepts import get_concept
 
+# The module's fixtures score the shipped model at a calibration budget (tens of seconds).
+pytestmark = pytest.mark.slow
+
 # A smaller "full" budget: every aspect, fewer images, so CI stays fast.
 CI_FULL = Budget("full", forget=48, retain=48, related=24, paraphrase=24, attack_prompts=6, attack_steps=30)
 

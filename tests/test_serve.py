@@ -19,6 +19,9 @@ from test_cluster_job import free_port
 from igmu.errors import UsageError
 from igmu.serve.images import encode_npy
 
+# Every test talks to a real Ray Serve application.
+pytestmark = pytest.mark.slow
+
 MAX_IMAGES = 64
 TEST_SETTINGS = {
     "max_images_per_request": MAX_IMAGES,

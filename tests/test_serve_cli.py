@@ -54,6 +54,7 @@ def test_bad_serve_settings_are_one_line_errors(overrides, fragment):
     assert fragment in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.slow
 def test_null_actor_options_read_as_none(ray_session):
     from igmu.serve.control import check_gpus
 
@@ -74,6 +75,7 @@ def test_build_app_applies_args_over_the_config():
     assert app._bound_deployment.init_args[0]["max_batch_size"] == 64
 
 
+@pytest.mark.slow
 def test_a_bad_config_file_exits_2_before_starting_anything(tmp_path):
     bad = tmp_path / "judges.yaml"
     bad.write_text("max_batch_size: [1]\n")
@@ -82,6 +84,7 @@ def test_a_bad_config_file_exits_2_before_starting_anything(tmp_path):
     assert "max_batch_size: [1] is not valid" in result.stderr
 
 
+@pytest.mark.slow
 def test_serve_judges_status_and_stop(ray_session, tmp_path):
     from ray import serve
 

@@ -6,12 +6,16 @@ import textwrap
 import threading
 import time
 
+import pytest
 from test_sweep import TINY_BUDGETS
 
 from igmu.metrics.base import ASPECTS
 from igmu.sweep.engine import run_sweep
 from igmu.sweep.file import load_sweep
 from igmu.sweep.tracking import PARENT_TAG
+
+# Sweeps on a real Ray with a real Serve application.
+pytestmark = pytest.mark.slow
 
 
 def write_sweep(folder, name: str, judges: str):

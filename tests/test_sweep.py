@@ -15,6 +15,9 @@ from igmu.sweep.engine import run_sweep
 from igmu.sweep.file import load_sweep
 from igmu.sweep.tracking import PARENT_TAG, TRIAL_TAG
 
+# Real sweeps on Ray, or `igmu sweep` in a subprocess that loads torch.
+pytestmark = pytest.mark.slow
+
 TINY_BUDGETS = {
     "small": {"forget": 6, "retain": 8, "related": 4, "paraphrase": 0},
     "full": {"forget": 6, "retain": 8, "related": 4, "paraphrase": 4, "attack_prompts": 2, "attack_steps": 2},
