@@ -64,3 +64,26 @@ def test_a_deliberate_violation_breaks_its_contract(tmp_path, module, line, expe
     assert returncode != 0, output
     assert broken == expected_broken, output
     assert offending in output, output
+
+
+KIND_NAMES = ("world", "sd", "i2i", "t2i")
+# A kind (or a metric family) compared with a name: `x.kind == "sd"`, `"i2i" in kinds`, `family != "t2i"`.
+KIND_BY_NAME = re.compile(
+    r"""(?:\b(?:kind|kinds|generator_kinds|family)\b\s*(?:==|!=|\bin\b|\bnot in\b)\s*\(?\s*["'](?:%s)["'])"""
+    r"""|(?:["'](?:%s)["']\s*(?:==|!=|\bin\b|\bnot in\b)\s*[\w.]*\b(?:kind|kinds|generator_kinds|family)\b)"""
+    % ("|".join(KIND_NAMES), "|".join(KIND_NAMES)))
+
+
+def test_no_module_compares_a_generator_kind_by_name():
+    """Shared code asks a generator's kind class; only the kind classes themselves know their names."""
+    kind_homes = {REPO / "igmu" / "models" / name for name in ("kinds.py", "text_to_image.py", "image_to_image.py")}
+    found = [f"{path.relative_to(REPO)}:{number}: {line.strip()}"
+             for root in ("igmu", "bench") for path in sorted((REPO / root).rglob("*.py")) if path not in kind_homes
+             for number, line in enumerate(path.read_text().splitlines(), start=1) if KIND_BY_NAME.search(line)]
+    assert found == []
+
+
+def test_the_kind_name_check_can_fail():
+    for line in ('if generator.kind == "sd":', 'if "i2i" in cls.generator_kinds:', 'family != "t2i"',
+                 "if model.kind in ('world', 'i2i'):"):
+        assert KIND_BY_NAME.search(line), line
