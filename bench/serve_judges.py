@@ -38,11 +38,10 @@ def rendered(n: int) -> np.ndarray:
 
 
 def inprocess_ips(images: np.ndarray, judge_name: str, threads: int, batch: int, repeats: int) -> float:
-    from igmu.models.judges import load_judges
-    from igmu.world.assets import assets_dir
+    from igmu.models.judges import load_world_judges
 
     torch.set_num_threads(threads)
-    judge = load_judges(assets_dir() / "judges")[judge_name]
+    judge = load_world_judges()[judge_name]
     tensor = torch.from_numpy(images)
     judge.predict(tensor[:batch])  # warm-up
     best = 0.0

@@ -178,6 +178,11 @@ def get_algorithm(name: str) -> type[Unlearner]:
     raise UsageError(f"unknown algorithm {name!r}; {hint}valid: {', '.join(sorted(ALGORITHMS))}")
 
 
+def kinds_edited_by(names) -> tuple[type[GeneratorKind], ...]:
+    """The generator kinds any of the algorithms `names` edits, each once, in declaration order."""
+    return tuple(dict.fromkeys(kind for name in names for kind in get_algorithm(name).generator_kinds))
+
+
 def make_params(cls: type[Unlearner], overrides: dict[str, Any], category: str | None = None):
     """Build `cls.Params` from overrides (strings from the CLI or typed values from a sweep), on top
     of the algorithm's defaults for the target's category when one is given."""

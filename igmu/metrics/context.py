@@ -13,11 +13,10 @@ import torch
 
 from igmu.errors import UsageError
 from igmu.metrics.cache import ImageCache
-from igmu.models.judges import Judge, expected_labels, load_judges
+from igmu.models.judges import Judge, expected_labels, load_world_judges
 from igmu.models.kinds import GeneratorKind, kind_names
 from igmu.models.loader import ALL_KINDS
 from igmu.models.text_to_image import Generator, WorldTextToImage
-from igmu.world.assets import assets_dir
 from igmu.world.concepts import CHARACTER_NAMES, OBJECT_NAMES, STYLE_NAMES, Concept
 from igmu.world.prompts import PromptSpec, prompt_sets
 
@@ -75,10 +74,6 @@ def context_for(kind: type[GeneratorKind], source: str = "") -> type:
     return CONTEXTS[kind]
 
 
-def world_judges(device) -> dict[str, Judge]:
-    return load_judges(assets_dir() / "judges", device=device)
-
-
 def spread(items: tuple, n: int) -> list:
     """`n` items evenly spaced over `items` (all of them if fewer): deterministic and varied."""
     if n <= 0:
@@ -117,7 +112,7 @@ class EvalContext:
     def build(cls, model: Generator, target: Concept, budget: Budget, original: Generator | None = None,
               judges: dict[str, Judge] | None = None, cache: ImageCache | None = None, seed: int = 0):
         return cls(target=target, model=model, original=original or model.kind.load_shipped(str(model.device)),
-                   judges=judges or world_judges(model.device), budget=budget, cache=cache or ImageCache(),
+                   judges=judges or load_world_judges(model.device), budget=budget, cache=cache or ImageCache(),
                    seed=seed)
 
     def extra_blocks(self) -> dict:

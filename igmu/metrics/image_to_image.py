@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from igmu.metrics.base import MetricResult, register_metric
-from igmu.metrics.context import Budget, evaluates, target_detected, world_judges
+from igmu.metrics.context import Budget, evaluates, target_detected
 from igmu.metrics.quality import relative_frechet
 from igmu.models.image_to_image import MASK_TYPES, I2IGenerator, WorldImageToImage
-from igmu.models.judges import Judge
+from igmu.models.judges import Judge, load_world_judges
 from igmu.world.concept_images import concept_images
 from igmu.world.concepts import Concept
 
@@ -63,7 +63,7 @@ class I2IEvalContext:
               judges: dict[str, Judge] | None = None, cache=None, seed: int = 0):
         """`cache` is unused: outputs are memoised per context, renders are cheap."""
         return cls(target=target, model=model, original=original or model.kind.load_shipped(str(model.device)),
-                   judges=judges or world_judges(model.device), budget=budget, seed=seed)
+                   judges=judges or load_world_judges(model.device), budget=budget, seed=seed)
 
     def extra_blocks(self) -> dict:
         """The aspects an image-to-image generator cannot be scored on, and the embedding similarities."""

@@ -14,10 +14,9 @@ import torch
 
 from igmu.models.build import judge_training_batch
 from igmu.models.image_to_image import MASK_TYPES, I2IGenerator, WorldImageToImage
-from igmu.models.judges import Judge, expected_labels, load_judges
+from igmu.models.judges import Judge, expected_labels, load_world_judges
 from igmu.models.loader import load
 from igmu.models.text_to_image import Generator, WorldTextToImage
-from igmu.world.assets import assets_dir
 from igmu.world.training_data import held_out_specs
 
 # Seeds far from the build's (0, 1): fresh renders and fresh sampling noise.
@@ -64,7 +63,7 @@ def i2i_accuracy(generator: I2IGenerator, judges: dict[str, Judge], n: int,
 
 def world_check(n_judge: int = 2000, n_generator: int = 400, model: str = "world", n_i2i: int = 1000) -> dict:
     started = time.time()
-    judges = load_judges(assets_dir() / "judges")
+    judges = load_world_judges()
     report = {"judges": judge_accuracy(judges, n_judge)}
     with torch.no_grad():
         report["generator"] = generator_accuracy(load(model, kinds=(WorldTextToImage,)), judges, n_generator)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from igmu.errors import UsageError
+from igmu.world.assets import assets_dir
 from igmu.world.concepts import (
     CHARACTER_NAMES,
     OBJECT_NAMES,
@@ -94,6 +95,15 @@ def save_judges(judges: dict[str, Judge], folder: Path) -> None:
         save_file({k: v.contiguous() for k, v in judge.state_dict().items()}, str(folder / f"{name}.safetensors"))
         config[name] = {"classes": list(judge.classes), "width": judge.width}
     (folder / "judges.json").write_text(json.dumps(config, indent=2))
+
+
+def world_judges_dir() -> Path:
+    """The shipped world judges (under IGMU_ASSETS when set)."""
+    return assets_dir() / "judges"
+
+
+def load_world_judges(device: str | torch.device = "cpu") -> dict[str, Judge]:
+    return load_judges(world_judges_dir(), device=device)
 
 
 def load_judges(folder: Path, device: str | torch.device = "cpu") -> dict[str, Judge]:

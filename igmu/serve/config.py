@@ -116,9 +116,9 @@ class JudgesServeConfig(JudgesServeSettings):
     source: str = str(DEFAULT_CONFIG)
 
     def judges_path(self) -> Path:
-        from igmu.world.assets import assets_dir
+        from igmu.models.judges import world_judges_dir
 
-        return Path(self.judges_dir) if self.judges_dir else assets_dir() / "judges"
+        return Path(self.judges_dir) if self.judges_dir else world_judges_dir()
 
     def deployment_options(self) -> dict:
         return dict(self.deployment)

@@ -61,11 +61,10 @@ def algorithm_steps(config: SweepConfig, name: str) -> int:
 
 def sweep_kind(config: SweepConfig):
     """The kind of generator the sweep's model is, among the kinds its algorithms edit."""
-    from igmu.algorithms.base import get_algorithm
+    from igmu.algorithms.base import kinds_edited_by
     from igmu.models.loader import kind_of
 
-    kinds = tuple(dict.fromkeys(kind for name in config.algorithms for kind in get_algorithm(name).generator_kinds))
-    return kind_of(config.model, kinds)
+    return kind_of(config.model, kinds_edited_by(config.algorithms))
 
 
 def sweep_category(config: SweepConfig) -> str:

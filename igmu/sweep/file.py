@@ -28,7 +28,7 @@ from pydantic.dataclasses import dataclass as settings_dataclass
 from pydantic_core import ErrorDetails
 
 import igmu.algorithms  # noqa: F401  (importing the package fills the ALGORITHMS registry)
-from igmu.algorithms.base import ALGORITHMS
+from igmu.algorithms.base import ALGORITHMS, kinds_edited_by
 from igmu.config_file import (
     Flag,
     Integer,
@@ -328,7 +328,7 @@ def algorithm_names(file: SweepFile) -> list[str]:
 def check_target(file: SweepFile, where: Mapping[str, Location], root: Location) -> str:
     """The target as the model's kind of generator names it. Which targets and anchors a model
     takes is its kind's rule (world models: world concepts, anchors derived from the prompt sets)."""
-    kinds = tuple(dict.fromkeys(kind for name in algorithm_names(file) for kind in ALGORITHMS[name].generator_kinds))
+    kinds = kinds_edited_by(algorithm_names(file))
     try:
         kind = kind_of(file.model, kinds)
     except UsageError as err:

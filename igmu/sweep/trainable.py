@@ -22,11 +22,10 @@ from igmu.algorithms.loop import run_unlearning
 from igmu.metrics.cache import ImageCache
 from igmu.metrics.context import Budget
 from igmu.metrics.scorecard import build_context, scorecard
-from igmu.models.judges import load_judges
+from igmu.models.judges import load_world_judges
 from igmu.run import build_unlearner, load_model_for, peak_memory_mb
 from igmu.sweep.results import HMEAN
 from igmu.sweep.space import trial_params
-from igmu.world.assets import assets_dir
 
 SETTINGS_KEY = "igmu"
 # Marks the report that carries the full scorecard. Not "done": Tune reserves that result key.
@@ -88,7 +87,7 @@ def trial_judges(place: str, device) -> dict:
         from igmu.serve.client import serve_judges
 
         return serve_judges()
-    return load_judges(assets_dir() / "judges", device=device)
+    return load_world_judges(device=device)
 
 
 def _metrics(card: dict, step: int, final: bool) -> dict:
