@@ -16,7 +16,7 @@ from pathlib import Path
 from ray.tune import Callback
 
 from igmu.metrics.base import ASPECTS
-from igmu.sweep.results import EARLY_STOPPED, HMEAN, SWEEP_TAG
+from igmu.sweep.results import EARLY_STOPPED, HMEAN, SWEEP_TAG, update_sweep_state
 from igmu.sweep.trainable import FINAL, SETTINGS_KEY
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -35,8 +35,7 @@ def start_parent_run(client, experiment: str, sweep_name: str, state_file: Path,
             return experiment_id, recorded["parent_run_id"]
     parent = client.create_run(experiment_id, run_name=sweep_name, tags={SWEEP_TAG: sweep_name})
     client.log_text(parent.info.run_id, config_text, "sweep.yaml")
-    state_file.parent.mkdir(parents=True, exist_ok=True)
-    state_file.write_text(json.dumps({"experiment_id": experiment_id, "parent_run_id": parent.info.run_id}))
+    update_sweep_state(state_file, experiment_id=experiment_id, parent_run_id=parent.info.run_id)
     return experiment_id, parent.info.run_id
 
 
