@@ -7,10 +7,12 @@ import torch
 from igmu.errors import UsageError
 from igmu.metrics.base import ASPECTS, METRICS, MetricResult, check_budget, metrics_for
 from igmu.metrics.cache import ImageCache
-from igmu.metrics.context import CONTEXTS, EvalContext, attribute_hits, can_score, context_for, spread, target_detected
+from igmu.metrics.context import EvalContext, attribute_hits, can_score, context_for, spread, target_detected
 from igmu.metrics.frechet import frechet_distance
 from igmu.metrics.image_to_image import I2IEvalContext
+from igmu.models.image_to_image import WorldImageToImage
 from igmu.models.loader import ALL_KINDS
+from igmu.models.text_to_image import StableDiffusion, WorldTextToImage
 from igmu.world.concepts import get_concept
 from igmu.world.prompts import PromptSpec
 from igmu.world.render import random_scene, render_batch
@@ -82,12 +84,11 @@ def test_every_aspect_is_registered_with_a_documented_score():
 
 
 def test_every_generator_kind_is_scored_or_refused_in_one_line():
-    for kind in ALL_KINDS:
-        if can_score(kind):
-            assert kind in CONTEXTS
-        else:
-            with pytest.raises(UsageError, match="scorecard currently scores world, i2i models"):
-                context_for(kind, "some-model")
+    assert [kind for kind in ALL_KINDS if can_score(kind)] == [WorldTextToImage, WorldImageToImage]
+    assert context_for(WorldTextToImage) is EvalContext and context_for(WorldImageToImage) is I2IEvalContext
+    with pytest.raises(UsageError, match="scorecard currently scores world, i2i models") as refused:
+        context_for(StableDiffusion, "some-model")
+    assert "\n" not in str(refused.value)
 
 
 def test_unknown_budget_is_a_usage_error():
