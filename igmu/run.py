@@ -19,26 +19,35 @@ from igmu.algorithms.task import (
     prompt_task,
     world_task,
 )
-from igmu.models.loader import load
+from igmu.models.loader import kind_of, load
 
 
-def build_task(generator, target: str, category: str | None = None, anchor: str = "") -> UnlearningTask:
-    """What to unlearn: a world concept's derived prompt sets, or a prompt with the user's anchor."""
+def build_task(generator, target: str, category: str | None = None, anchor: str | None = None,
+               prompts: str | None = None) -> UnlearningTask:
+    """What to unlearn: a world concept's derived prompt sets, or for a real model the target's
+    prompt sets (shipped, or the user's file) with the category's anchor or the user's."""
     if generator.kind.world_concepts:
+        generator.kind.check_anchor(anchor)
         return world_task(target)
-    return prompt_task(target, generator.kind.category_of(target, category), anchor=anchor)
+    return prompt_task(generator.kind.normalise_target(target), generator.kind.category_of(target, category),
+                       anchor=anchor, prompts_file=prompts)
 
 
-def load_model_for(algorithm: str, model: str, device: str | None = None):
+def model_kind_for(algorithm: str, model: str):
+    """The kind of generator `model` is, among those `algorithm` edits, found without loading weights."""
+    return kind_of(model, get_algorithm(algorithm).generator_kinds)
+
+
+def load_model_for(algorithm: str, model: str, device: str | None = None, precision: str = "fp32"):
     """The generator `algorithm` edits: `model` loaded as one of the kinds the algorithm declares
     ('base' is the first of them that igmu ships)."""
-    return load(model, kinds=get_algorithm(algorithm).generator_kinds, device=device)
+    return load(model, kinds=get_algorithm(algorithm).generator_kinds, device=device, precision=precision)
 
 
-def build_unlearner(algorithm: str, generator, target: str, overrides: dict,
-                    seed: int = 0, category: str | None = None, anchor: str = "") -> Unlearner:
+def build_unlearner(algorithm: str, generator, target: str, overrides: dict, seed: int = 0,
+                    category: str | None = None, anchor: str | None = None, prompts: str | None = None) -> Unlearner:
     cls = get_algorithm(algorithm)
-    task = build_task(generator, target, category, anchor)
+    task = build_task(generator, target, category, anchor, prompts)
     return cls(generator, task, make_params(cls, overrides, task.category), seed=seed)
 
 

@@ -3,15 +3,16 @@ removed) and pseudo prompts (the target replaced by a neighbour concept), plus r
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 
 from igmu.errors import UsageError
+from igmu.prompts import category_spec, prompt_sets_from_file, shipped_prompt_sets
 from igmu.world.concepts import CHARACTER_NAMES, OBJECT_NAMES, STYLE_NAMES, get_concept
 from igmu.world.prompts import PromptSpec, prompt_sets
 
-# SD default when the user names no retain prompts: generic scenes unrelated to typical targets.
-DEFAULT_SD_RETAIN = ("a photo of a dog", "a photo of a house", "a painting of a landscape",
-                     "a photo of a car", "a bowl of fruit")
+# Unlearning sees only the validation prompts; the test split stays held out for final reports.
+TRAINING_SPLIT = "validation"
 
 
 @dataclass(frozen=True)
@@ -58,9 +59,26 @@ def world_task(target: str) -> UnlearningTask:
         retain_prompts=tuple(p.text for p in sets.retain))
 
 
-def prompt_task(target: str, category: str, anchor: str = "", retain: tuple[str, ...] = ()) -> UnlearningTask:
-    """A task for a Stable Diffusion model: any prompt, with an anchor (default: the empty prompt)."""
+def prompt_task(target: str, category: str, anchor: str | None = None, prompts_file: str | None = None) -> UnlearningTask:
+    """A task for a real model: the bare target and its validation forget prompts (shipped templates
+    or the user's file), each with its anchor (the prompt with the target removed, or with the target
+    replaced by the user's anchor), and the validation retain prompts."""
     if not target.strip():
         raise UsageError("target prompt is empty; give the concept to unlearn, e.g. --target 'Van Gogh'")
-    return UnlearningTask(target=target, category=category, forget_prompts=(target,), anchor_prompts=(anchor,),
-                          pseudo_prompts=(anchor,), retain_prompts=tuple(retain) or DEFAULT_SD_RETAIN)
+    sets = (prompt_sets_from_file(prompts_file, target, category) if prompts_file
+            else shipped_prompt_sets(target, category)).split(TRAINING_SPLIT).sets
+    anchor_phrase = category_spec(category).anchor if anchor is None else anchor
+    forget = (target, *(p.text for p in sets["forget"]))
+    if anchor is None:
+        anchors = (anchor_phrase, *(p.text for p in sets["forget_removed"]))
+    else:
+        anchors = tuple(replace_words(text, target, anchor) for text in forget)
+    return UnlearningTask(target=target, category=category, forget_prompts=forget, anchor_prompts=anchors,
+                          pseudo_prompts=anchors, retain_prompts=tuple(p.text for p in sets["retain"]))
+
+
+def replace_words(text: str, words: str, replacement: str) -> str:
+    """`text` with every case-insensitive occurrence of `words` replaced; a text without them becomes
+    the replacement itself (the prompt names the target only implicitly)."""
+    pattern = re.compile(re.escape(words), re.IGNORECASE)
+    return " ".join(pattern.sub(replacement, text).split()) if pattern.search(text) else replacement

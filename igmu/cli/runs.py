@@ -6,33 +6,36 @@ from pathlib import Path
 
 import click
 
+from igmu.cli.options import eval_options, model_options, pop_eval_settings
 from igmu.cli.output import emit, note, quiet_libraries
 from igmu.errors import UsageError
 
 
 @click.command("eval")
 @click.option("--model", default="base", show_default=True,
-              help="'base' (the shipped world model) or a model folder (any kind igmu scores).")
-@click.option("--target", required=True, help="Concept to score forgetting of (see 'igmu world concepts').")
+              help="'base' (the shipped world model), a model folder or a cached hub id (Stable Diffusion).")
+@click.option("--target", required=True, help="World concept, or for a real model the concept to score (free text).")
 @click.option("--budget", default="full", show_default=True, help="small (forgetting, preservation) or full (all five).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--grid", "grid_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Save a before/after image grid (PNG).")
 @click.option("--json", "as_json", is_flag=True, help="Print the scorecard as JSON.")
-def eval_command(model: str, target: str, budget: str, seed: int, grid_path: Path | None, as_json: bool) -> None:
-    """Score a generator on the five aspects for one target concept."""
+@eval_options
+@model_options
+def eval_command(model: str, target: str, budget: str, seed: int, grid_path: Path | None, as_json: bool,
+                 precision: str, device: str | None, **options) -> None:
+    """Score a generator on the five aspects for one target."""
     quiet_libraries()
     from igmu.metrics.base import check_budget
-    from igmu.metrics.context import context_for
-    from igmu.metrics.scorecard import build_context, format_table, scorecard
+    from igmu.metrics.scorecard import build_context, check_evaluation, format_table, scorecard
     from igmu.models.loader import kind_of, load
 
-    kind = kind_of(model)
-    context_for(kind, model)  # refuse a kind nothing scores yet before loading its weights
-    kind.normalise_target(target)
+    settings = pop_eval_settings(options, precision)
     check_budget(budget)
-    generator = load(model)
-    ctx = build_context(generator, target, budget, seed=seed)
+    kind = kind_of(model)
+    check_evaluation(kind, target, settings, model)
+    generator = load(model, device=device, precision=precision)
+    ctx = build_context(generator, target, budget, seed=seed, settings=settings)
     card = scorecard(ctx)
     if grid_path:
         from igmu.metrics.grid import save_grid
@@ -74,31 +77,41 @@ def algorithms_command(as_json: bool) -> None:
 
 @click.command("run")
 @click.option("--algorithm", required=True, help="Algorithm name (see 'igmu algorithms').")
-@click.option("--target", required=True, help="World concept, or for an SD model the prompt to unlearn.")
+@click.option("--target", required=True, help="World concept, or for a real model the concept to unlearn.")
 @click.option("--model", default="base", show_default=True, help="'base' (the world model) or a model folder / hub id.")
+@click.option("--anchor", default=None, help="Anchor prompt that replaces the target (real models; default: "
+                                             "the category's anchor).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a hyperparameter (repeatable).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Save the model, changed weights, scorecard and image grid here.")
 @click.option("--budget", default="full", show_default=True, help="Evaluation budget: small or full.")
 @click.option("--json", "as_json", is_flag=True, help="Print the scorecard as JSON.")
-def run_command(algorithm: str, target: str, model: str, sets: tuple[str, ...], seed: int, out: Path | None,
-                budget: str, as_json: bool) -> None:
+@eval_options
+@model_options
+def run_command(algorithm: str, target: str, model: str, anchor: str | None, sets: tuple[str, ...], seed: int,
+                out: Path | None, budget: str, as_json: bool, precision: str, device: str | None, **options) -> None:
     """One unlearning run followed by the five-aspect scorecard plus efficiency."""
     quiet_libraries()
     from igmu.metrics.base import check_budget
     from igmu.metrics.context import can_score
-    from igmu.metrics.scorecard import build_context, format_table, scorecard
-    from igmu.run import build_unlearner, load_model_for, save_run, unlearn
+    from igmu.metrics.scorecard import build_context, check_evaluation, format_table, scorecard
+    from igmu.run import build_unlearner, load_model_for, model_kind_for, save_run, unlearn
 
+    settings = pop_eval_settings(options, precision)
     check_budget(budget)
     overrides = _parse_sets(sets)
-    generator = load_model_for(algorithm, model)
-    unlearner = build_unlearner(algorithm, generator, target, overrides, seed=seed)
+    kind = model_kind_for(algorithm, model)
+    scored = can_score(kind)
+    if scored:
+        check_evaluation(kind, target, settings, model)
+    generator = load_model_for(algorithm, model, device=device, precision=precision)
+    unlearner = build_unlearner(algorithm, generator, target, overrides, seed=seed, category=settings.category,
+                                anchor=anchor, prompts=settings.prompts)
     efficiency, changed = unlearn(unlearner, progress=not as_json)
     generator.source = f"{algorithm}({target})"
-    if can_score(generator.kind):
-        ctx = build_context(generator, target, budget, seed=seed)
+    if scored:
+        ctx = build_context(generator, target, budget, seed=seed, settings=settings)
         card = scorecard(ctx)
     else:
         ctx = None
@@ -115,5 +128,3 @@ def run_command(algorithm: str, target: str, model: str, sets: tuple[str, ...], 
 
             save_grid(ctx, out / "grid.png")
     emit(card, as_json, lambda c: click.echo(format_table(c)))
-
-

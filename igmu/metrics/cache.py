@@ -35,26 +35,36 @@ class ImageCache:
         self.misses = 0
 
     def images(self, generator: Generator, prompts: list[str], seed: int, steps: int | None = None,
-               guidance: float | None = None) -> torch.Tensor:
+               guidance: float | None = None, seeds: list[int] | None = None,
+               guidances: list[float | None] | None = None) -> torch.Tensor:
+        """Images of `prompts`: all from one `seed` (consecutive batches), or one per entry of `seeds`
+        (with optional per-prompt `guidances`)."""
         settings = {**generator.sampling_defaults, **{k: v for k, v in (("steps", steps), ("guidance", guidance))
                                                        if v is not None}}
-        key = self._key(generator, prompts, seed, settings)
+        key = self._key(generator, prompts, seed, settings, seeds, guidances)
         if key in self._memory:
             self.hits += 1
             return self._memory[key]
         images = self._load(key)
         if images is None:
             self.misses += 1
-            images = generator.sample(prompts, seed=seed, steps=settings["steps"], guidance=settings["guidance"])
+            if seeds is None:
+                images = generator.sample(prompts, seed=seed, steps=settings["steps"], guidance=settings["guidance"])
+            else:
+                images = generator.sample_seeded(prompts, seeds, steps=settings["steps"],
+                                                 guidance=settings["guidance"], guidances=guidances)
             self._store(key, images)
         self._memory[key] = images
         return images
 
-    def _key(self, generator: Generator, prompts: list[str], seed: int, settings: dict) -> str:
+    def _key(self, generator: Generator, prompts: list[str], seed: int, settings: dict,
+             seeds: list[int] | None, guidances: list[float | None] | None) -> str:
         digest = hashlib.sha256()
         digest.update(model_fingerprint(generator).encode())
         digest.update("\x1f".join(prompts).encode())
-        digest.update(f"{seed}|{settings['steps']}|{settings['guidance']}".encode())
+        digest.update(f"{seed}|{settings['steps']}|{settings['guidance']}|{generator.scheduler_name}".encode())
+        if seeds is not None:
+            digest.update(f"seeds:{seeds}|guidances:{guidances}".encode())
         return digest.hexdigest()[:32]
 
     def _load(self, key: str) -> torch.Tensor | None:

@@ -7,17 +7,21 @@ measure and why, what its image grid shows and what extra block its scorecard ca
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
 from igmu.errors import UsageError
+from igmu.metrics.base import check_budget
 from igmu.metrics.cache import ImageCache
 from igmu.models.judges import Judge, expected_labels, load_world_judges
 from igmu.models.kinds import GeneratorKind, kind_names
 from igmu.models.loader import ALL_KINDS
 from igmu.models.text_to_image import Generator, WorldTextToImage
-from igmu.world.concepts import CHARACTER_NAMES, OBJECT_NAMES, STYLE_NAMES, Concept
+from igmu.world.concepts import CHARACTER_NAMES, OBJECT_NAMES, STYLE_NAMES, Concept, get_concept
 from igmu.world.prompts import PromptSpec, prompt_sets
 
 # Reference images of the original model use another seed, so that the original model scored
@@ -42,6 +46,46 @@ BUDGET_SIZES = {
     "small": Budget("small", forget=24, retain=32, related=16, paraphrase=0),
     "full": Budget("full", forget=48, retain=96, related=48, paraphrase=48, attack_prompts=8, attack_steps=30),
 }
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How a model is evaluated beyond target and budget. The world's evaluation is fixed by the
+    world; real models take a category, prompt file, split, sampler and judges."""
+
+    category: str | None = None
+    prompts: str | None = None
+    split: str = "validation"
+    scheduler: str | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    batch_size: int | None = None
+    judges: str | None = None
+    clip_model: str | None = None
+    precision: str = "fp32"
+
+    def judge_overrides(self) -> dict:
+        return {"clip": {"model": self.clip_model}} if self.clip_model else {}
+
+    def real_model_options(self) -> list[str]:
+        """Options given that only a real model's evaluation takes."""
+        defaults = EvalSettings()
+        return [name for name in ("prompts", "split", "scheduler", "steps", "guidance", "batch_size", "judges",
+                                  "clip_model") if getattr(self, name) != getattr(defaults, name)]
+
+
+# JSON {budget: {forget: n, retain: n, ...}}: smaller evaluation budgets for smoke runs and tests.
+BUDGET_SIZES_ENV = "IGMU_BUDGET_SIZES"
+
+
+def budget_of(context: type, name: str, overrides: dict | None = None) -> Budget:
+    """The named budget of an evaluation context class; `overrides` (or $IGMU_BUDGET_SIZES) shrink it."""
+    check_budget(name)
+    if overrides is None:
+        text = os.environ.get(BUDGET_SIZES_ENV)
+        overrides = json.loads(text) if text else {}
+    sizes = overrides.get(name)
+    return Budget(name, **sizes) if sizes else context.budget_sizes[name]
 
 
 # Rows of the before/after image grid of a text-to-image model.
@@ -108,11 +152,25 @@ class EvalContext:
         }
         self.prompt_specs["forget_removed"] = [p.without(self.target) for p in self.prompt_specs["forget"]]
 
+    budget_sizes: ClassVar[dict[str, Budget]] = BUDGET_SIZES
+
     @classmethod
-    def build(cls, model: Generator, target: Concept, budget: Budget, original: Generator | None = None,
-              judges: dict[str, Judge] | None = None, cache: ImageCache | None = None, seed: int = 0):
+    def default_judges(cls, device, settings: EvalSettings | None = None) -> dict[str, Judge]:
+        return load_world_judges(device)
+
+    @classmethod
+    def check(cls, kind, target: str, settings: EvalSettings) -> None:
+        """The target and settings, checked before any model loads."""
+        check_world_settings(get_concept(kind.normalise_target(target)), settings)
+
+    @classmethod
+    def build(cls, model: Generator, target: str, budget: Budget, original: Generator | None = None,
+              judges: dict[str, Judge] | None = None, cache: ImageCache | None = None, seed: int = 0,
+              settings: EvalSettings | None = None):
+        target = get_concept(model.kind.normalise_target(target))
+        check_world_settings(target, settings or EvalSettings())
         return cls(target=target, model=model, original=original or model.kind.load_shipped(str(model.device)),
-                   judges=judges or load_world_judges(model.device), budget=budget, cache=cache or ImageCache(),
+                   judges=judges or cls.default_judges(model.device), budget=budget, cache=cache or ImageCache(),
                    seed=seed)
 
     def extra_blocks(self) -> dict:
@@ -146,6 +204,16 @@ class EvalContext:
     def attribute_hits(self, set_name: str, images: torch.Tensor, skip: tuple[str, ...] = ()) -> dict[str, list]:
         """Per judge, one bool per image whose prompt asks for that judge's attribute."""
         return attribute_hits(self.judges, self.prompt_specs[set_name], images, skip)
+
+
+def check_world_settings(target: Concept, settings: EvalSettings) -> None:
+    given = settings.real_model_options()
+    if given:
+        raise UsageError(f"{', '.join(given)}: the world model is evaluated on the world's own prompt sets, "
+                         f"sampler and judges; valid: leave them out, or evaluate a Stable Diffusion model")
+    if settings.category is not None and settings.category != target.category:
+        raise UsageError(f"category {settings.category!r} does not match world concept {target.name!r}, "
+                         f"which is a {target.category}; valid: {target.category} or leave it out")
 
 
 def target_detected(judges: dict[str, Judge], target: Concept, images: torch.Tensor) -> torch.Tensor:

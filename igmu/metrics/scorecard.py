@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import math
 
-from igmu.metrics.base import check_budget, metrics_for
+from igmu.metrics.base import metrics_for
 from igmu.metrics.cache import ImageCache
-from igmu.metrics.context import BUDGET_SIZES, Budget, context_for
-from igmu.models.judges import Judge
-from igmu.world.concepts import get_concept
+from igmu.metrics.context import Budget, EvalSettings, budget_of, context_for
 
 
 def build_context(model, target: str, budget: str | Budget = "full", original=None,
-                  judges: dict[str, Judge] | None = None, cache: ImageCache | None = None, seed: int = 0):
+                  judges=None, cache: ImageCache | None = None, seed: int = 0,
+                  settings: EvalSettings | None = None):
     """The evaluation context of `model`'s kind, for one target and budget."""
     context = context_for(model.kind, model.source)
     if not isinstance(budget, Budget):
-        budget = BUDGET_SIZES[check_budget(budget)]
-    concept = get_concept(model.kind.normalise_target(target))
-    return context.build(model, concept, budget, original=original, judges=judges, cache=cache, seed=seed)
+        budget = budget_of(context, budget)
+    return context.build(model, target, budget, original=original, judges=judges, cache=cache, seed=seed,
+                         settings=settings)
+
+
+def check_evaluation(kind, target: str, settings: EvalSettings | None = None, source: str = "") -> None:
+    """Refuse, before any weights load, a kind nothing scores, a bad target or bad evaluation settings."""
+    context_for(kind, source).check(kind, target, settings or EvalSettings())
 
 
 def scorecard(ctx) -> dict:

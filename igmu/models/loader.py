@@ -61,7 +61,7 @@ def load(model: str = "base", kinds=ALL_KINDS, device: str | None = None, precis
     kind = kind_of(model, kinds)
     location = kind.shipped_folder() if model in SHIPPED_MODEL_NAMES else cached_or_local(model)
     generator = kind.load_folder(Path(location), device, precision)
-    generator.source = str(model)
+    generator.source = generator.origin = str(model)
     return generator
 
 

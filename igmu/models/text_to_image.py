@@ -10,6 +10,7 @@ runs at 16x16 and CPU training stays cheap.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -21,8 +22,14 @@ import torch.nn.functional as F
 
 from igmu.errors import UsageError
 from igmu.models.kinds import SAMPLING_FILE, GeneratorKind, WorldKind, read_sampling
+from igmu.prompts import canonical_category, infer_category
 
 COMPONENTS = ("unet", "text_encoder", "tokenizer", "scheduler")
+# Images the VAE decodes at once (a memory budget; the `--batch-size` setting replaces it).
+DEFAULT_DECODE_BATCH = 4
+# Samplers an evaluation can choose, each built from the model folder's own scheduler configuration.
+SCHEDULERS = {"ddim": "DDIMScheduler", "pndm": "PNDMScheduler", "euler": "EulerDiscreteScheduler",
+              "dpm": "DPMSolverMultistepScheduler", "ddpm": "DDPMScheduler"}
 
 
 class PatchCodec(torch.nn.Module):
@@ -40,20 +47,23 @@ class PatchCodec(torch.nn.Module):
 
 
 class VaeCodec(torch.nn.Module):
-    """Stable Diffusion's latent space through its AutoencoderKL."""
+    """Stable Diffusion's latent space through its AutoencoderKL. Decoding runs `decode_batch`
+    latents at a time: at 512 px one decode of a few dozen images exceeds most GPUs' memory."""
 
-    def __init__(self, vae):
+    def __init__(self, vae, decode_batch: int = DEFAULT_DECODE_BATCH):
         super().__init__()
         self.vae = vae
         self.scale = float(vae.config.scaling_factor)
+        self.decode_batch = decode_batch
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         posterior = self.vae.encode(images.to(self.vae.dtype) * 2.0 - 1.0).latent_dist
         return posterior.mean * self.scale
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        images = self.vae.decode(latents.to(self.vae.dtype) / self.scale).sample
-        return ((images.float() + 1.0) / 2.0).clamp(0, 1)
+        chunks = [self.vae.decode(chunk.to(self.vae.dtype) / self.scale).sample.float()
+                  for chunk in latents.split(self.decode_batch)]
+        return ((torch.cat(chunks) + 1.0) / 2.0).clamp(0, 1)
 
 
 @dataclass
@@ -69,6 +79,10 @@ class Generator:
     # Steps and guidance `sample` uses unless told otherwise (the folder's sampling.json).
     sampling_defaults: dict
     source: str = ""
+    # What `loader.load` loaded it from ('base', a folder or a hub id): the original model of a run.
+    origin: str = ""
+    # Images generated per UNet batch (doubled by classifier-free guidance): a memory budget.
+    batch_size: int = 64
 
     @property
     def device(self) -> torch.device:
@@ -146,6 +160,44 @@ class Generator:
         latents = self.initial_latents(len(embeddings), seed)
         latents = self.denoise(latents, embeddings.to(self.device, self.dtype), steps, guidance)
         return self.codec.decode(latents).float().cpu()
+
+    def sampler(self, name: str) -> Generator:
+        """The same model sampled with another scheduler (a shallow copy: weights are shared)."""
+        import diffusers
+
+        if name not in SCHEDULERS:
+            raise UsageError(f"unknown scheduler {name!r}; valid: {', '.join(SCHEDULERS)}")
+        scheduler_class = getattr(diffusers, SCHEDULERS[name])
+        return dataclasses.replace(self, scheduler=scheduler_class.from_config(self.scheduler.config))
+
+    @property
+    def scheduler_name(self) -> str:
+        return type(self.scheduler).__name__
+
+    def seeded_noise(self, seeds: list[int]) -> torch.Tensor:
+        """Initial latents, each from its own seed."""
+        noise = [torch.randn(self.latent_shape, generator=torch.Generator("cpu").manual_seed(int(seed)))
+                 for seed in seeds]
+        return torch.stack(noise).to(self.device, self.dtype) * self.scheduler.init_noise_sigma
+
+    @torch.no_grad()
+    def sample_seeded(self, prompts: list[str], seeds: list[int], steps: int | None = None,
+                      guidance: float | None = None, guidances: list[float | None] | None = None) -> torch.Tensor:
+        """One image per (prompt, seed, optional per-prompt guidance), [N, 3, H, W] in [0, 1] on the CPU.
+        Each image's noise comes from its own seed, so it does not depend on which images share its batch."""
+        steps = steps or self.sampling_defaults["steps"]
+        default_guidance = self.sampling_defaults["guidance"] if guidance is None else guidance
+        scales = [default_guidance if g is None else g for g in (guidances or [None] * len(prompts))]
+        out: list[torch.Tensor | None] = [None] * len(prompts)
+        for scale in dict.fromkeys(scales):
+            chosen = [i for i, s in enumerate(scales) if s == scale]
+            for start in range(0, len(chosen), self.batch_size):
+                batch = chosen[start:start + self.batch_size]
+                latents = self.seeded_noise([seeds[i] for i in batch])
+                latents = self.denoise(latents, self.encode_prompt([prompts[i] for i in batch]), steps, scale)
+                for i, image in zip(batch, self.codec.decode(latents).float().cpu()):
+                    out[i] = image
+        return torch.stack(out) if out else torch.zeros(0)
 
     def save(self, path: str | os.PathLike) -> None:
         """Save as a diffusers-layout folder of safetensors (the unet and text encoder carry edits)."""
@@ -243,10 +295,18 @@ class StableDiffusion(GeneratorKind):
     # guidance scale; these are the values SD is commonly sampled with, and a `sampling.json` in
     # the folder (igmu writes one when it saves a model) replaces them.
     fallback_sampling: ClassVar[dict] = {"steps": 30, "guidance": 7.5}
+    # Images per UNet batch at 512 px (16 UNet inputs with guidance): fits a 24 GB GPU in fp16;
+    # `--batch-size` replaces it.
+    generation_batch: ClassVar[int] = 8
 
     @classmethod
     def recognises(cls, folder: Path) -> bool:
         return (folder / "vae").is_dir()
+
+    @classmethod
+    def category_of(cls, target: str, category: str | None = None) -> str:
+        """The category given (canonical name or alias), else the one the shipped label sets imply."""
+        return canonical_category(category) if category else infer_category(target)
 
     @classmethod
     def load_folder(cls, folder: Path, device: str | None, precision: str):
@@ -256,7 +316,9 @@ class StableDiffusion(GeneratorKind):
             return VaeCodec(AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=dtype, use_safetensors=True))
 
         sampling = read_sampling(folder) or dict(cls.fallback_sampling)
-        return load_diffusers_folder(folder, cls, device, precision, sampling, vae_codec)
+        generator = load_diffusers_folder(folder, cls, device, precision, sampling, vae_codec)
+        generator.batch_size = cls.generation_batch
+        return generator
 
 
 TEXT_TO_IMAGE: tuple[type[GeneratorKind], ...] = (WorldTextToImage, StableDiffusion)

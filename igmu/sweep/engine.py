@@ -6,12 +6,14 @@ What a sweep writes, and where, is laid out in `igmu.sweep.results`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from igmu.sweep.file import Distribution, SweepConfig, check_resources
+from igmu.metrics.context import BUDGET_SIZES_ENV
+from igmu.sweep.file import Distribution, SweepConfig, check_resources, eval_settings
 from igmu.sweep.results import (
     EARLY_STOPPED,
     ERROR,
@@ -28,8 +30,6 @@ from igmu.sweep.results import (
 )
 from igmu.sweep.tracking import MlflowTracker, finish_parent, start_parent_run
 
-# JSON {budget: {forget: n, retain: n, ...}}: smaller evaluation budgets for smoke runs and tests.
-BUDGET_SIZES_ENV = "IGMU_BUDGET_SIZES"
 
 
 @dataclass
@@ -69,7 +69,7 @@ def sweep_kind(config: SweepConfig):
 
 def sweep_category(config: SweepConfig) -> str:
     """The target's category, as every trial's task and the sweep's MLflow tags record it."""
-    return sweep_kind(config).category_of(config.target)
+    return sweep_kind(config).category_of(config.target, config.category)
 
 
 def make_search_alg(config: SweepConfig):
@@ -123,7 +123,10 @@ def trial_settings(config: SweepConfig, sweep_dir: Path, **extra) -> dict:
             "eval_every": config.early_stop.eval_every, "interim_budget": config.eval.interim,
             "final_budget": config.eval.final, "judges": config.eval.judges, "objectives": list(config.objectives),
             "out_dir": str(sweep_dir / "trials"), "cache_dir": str(sweep_dir / "images"),
-            "threads": max(1, int(config.resources.cpu)), **_budget_sizes_from_env(), **extra}
+            "threads": max(1, int(config.resources.cpu)), "precision": config.precision,
+            "eval_settings": dataclasses.asdict(eval_settings(config.category, config.prompts, config.precision,
+                                                              config.eval)),
+            **_budget_sizes_from_env(), **extra}
 
 
 def _budget_sizes_from_env() -> dict:

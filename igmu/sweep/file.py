@@ -52,6 +52,7 @@ from igmu.errors import UsageError
 from igmu.metrics.base import ASPECTS, BUDGETS
 from igmu.models.kinds import SHIPPED_MODEL_NAMES
 from igmu.models.loader import kind_of
+from igmu.models.text_to_image import SCHEDULERS
 from igmu.sweep.results import DEFAULT_OBJECTIVES, DIRECTIONS, HMEAN, OBJECTIVE_NAMES
 from igmu.world.concepts import ALL_CONCEPTS
 
@@ -60,6 +61,7 @@ SCHEDULER_METRICS = (HMEAN, *ASPECTS)
 OPTUNA_SAMPLERS = ("tpe", "nsga2")
 GRID_SAMPLER = "grid"
 JUDGE_PLACES = ("local", "serve")
+PRECISIONS = ("fp32", "fp16", "bf16")
 
 RANGE_KINDS = ("uniform", "loguniform", "int")
 LIST_KINDS = ("choice", "grid")
@@ -129,6 +131,16 @@ class EvalConfig:
                                                                "itself; serve: trials share the batched Ray Serve "
                                                                "judges app (started on the sweep's Ray if not "
                                                                "running); scores are identical either way")
+    # Real models only (the world's evaluation is fixed by the world):
+    scheduler: Literal[tuple(SCHEDULERS)] | None = Field(None, description="sampler of evaluation images "
+                                                                            "(default ddim)")
+    steps: Integer | None = Field(None, ge=1, description="sampling steps of every evaluation (default: 50 "
+                                                          "final, 20 interim)")
+    guidance: Number | None = Field(None, ge=1, description="guidance scale of evaluation images (default 7.5)")
+    batch_size: Integer | None = Field(None, ge=1, description="images per UNet batch (a memory budget)")
+    judge_config: Text | None = Field(None, description="judges YAML (NudeNet threshold and classes, CLIP model), "
+                                                        "relative to this file")
+    clip_model: Text | None = Field(None, description="CLIP judge: hub id in the local cache or a local folder")
 
 
 @_section
@@ -160,6 +172,11 @@ class SweepFile(BaseModel):
     model: Text = Field(WORLD_MODEL, description="'world' or a Stable Diffusion path / hub id")
     target: Text = Field(description="concept to unlearn (a world concept for world)")
     anchor: Text | None = Field(None, description="anchor prompt (Stable Diffusion only)")
+    category: Text | None = Field(None, description="target category of a real model: nudity (sensitive), "
+                                                     "object, style, celebrity or prompt (default: inferred)")
+    prompts: Text | None = Field(None, description="prompt file replacing the shipped sets (CSV, I2P CSV, JSONL "
+                                                   "or .txt), relative to this file")
+    precision: Literal[PRECISIONS] = Field("fp32", description="fp32, or fp16 / bf16 on CUDA")
     algorithm: Annotated[Annotated[AlgorithmName, Tag("name")]
                          | Annotated[distinct_list(AlgorithmName), Tag("list")],
                          Discriminator(_one_or_many), Field(description="one algorithm, or a list to compare")]
@@ -310,6 +327,9 @@ class SweepConfig:
     model: str
     target: str
     anchor: str | None
+    category: str | None
+    prompts: str | None
+    precision: str
     algorithms: dict[str, AlgorithmSpace]
     search: SearchConfig
     objectives: dict[str, Direction]
@@ -342,6 +362,29 @@ def check_target(file: SweepFile, where: Mapping[str, Location], root: Location)
     except UsageError as err:
         raise fail(where["anchor"], ("anchor",), str(err)) from None
     return target
+
+
+def resolve_relative(value: str | None, sweep_path: Path) -> str | None:
+    """A path written in a sweep file, relative to that file."""
+    if value is None or Path(value).is_absolute():
+        return value
+    return str((sweep_path.parent / value))
+
+
+def check_evaluation_inputs(file: SweepFile, config_settings, where: Mapping[str, Location], root: Location) -> None:
+    """Category, prompt file, sampler and judges: every trial evaluates with them, so a mistake there
+    fails here, before the first trial, instead of in every trial's first evaluation."""
+    from igmu.metrics.context import can_score
+    from igmu.metrics.scorecard import check_evaluation
+
+    kind = kind_of(file.model, kinds_edited_by(algorithm_names(file)))
+    if not can_score(kind):
+        return
+    key = next((k for k in ("category", "prompts", "eval") if k in where), "target")
+    try:
+        check_evaluation(kind, file.target, config_settings, file.model)
+    except UsageError as err:
+        raise fail(where.get(key, root), (key,), str(err)) from None
 
 
 def _sampler_problem(kind: str, sampler: str) -> str | None:
@@ -397,10 +440,27 @@ def _build_config(root: Node, shown: str) -> SweepConfig:
     sections = {key: getattr(file, key) for key in SECTIONS}
     if not file.tracking.experiment:
         sections["tracking"] = dataclasses.replace(file.tracking, experiment=file.name)
-    return SweepConfig(name=file.name, model=file.model, anchor=file.anchor,
-                       target=check_target(file, locations, root.where),
+    prompts = resolve_relative(file.prompts, Path(shown))
+    if file.eval.judge_config:
+        sections["eval"] = dataclasses.replace(sections["eval"], judge_config=resolve_relative(
+            file.eval.judge_config, Path(shown)))
+    target = check_target(file, locations, root.where)
+    check_evaluation_inputs(file, eval_settings(file.category, prompts, file.precision, sections["eval"]),
+                            locations, root.where)
+    return SweepConfig(name=file.name, model=file.model, anchor=file.anchor, category=file.category,
+                       prompts=prompts, precision=file.precision, target=target,
                        algorithms=_algorithm_spaces(file, root), objectives=dict(file.objectives),
                        path=shown, locations=locations, **sections)
+
+
+def eval_settings(category: str | None, prompts: str | None, precision: str, evaluation: EvalConfig,
+                  split: str = "validation"):
+    """The evaluation settings a sweep's trials score with (they see the validation split)."""
+    from igmu.metrics.context import EvalSettings
+
+    return EvalSettings(category=category, prompts=prompts, split=split, scheduler=evaluation.scheduler,
+                        steps=evaluation.steps, guidance=evaluation.guidance, batch_size=evaluation.batch_size,
+                        judges=evaluation.judge_config, clip_model=evaluation.clip_model, precision=precision)
 
 
 def read_yaml(path: str | Path) -> Any:

@@ -20,9 +20,8 @@ from ray import tune
 
 from igmu.algorithms.loop import run_unlearning
 from igmu.metrics.cache import ImageCache
-from igmu.metrics.context import Budget
+from igmu.metrics.context import Budget, EvalSettings, context_for
 from igmu.metrics.scorecard import build_context, scorecard
-from igmu.models.judges import load_world_judges
 from igmu.run import build_unlearner, load_model_for, peak_memory_mb
 from igmu.sweep.results import HMEAN
 from igmu.sweep.space import trial_params
@@ -42,11 +41,14 @@ def run_trial(config: dict) -> None:
     fail_once_marker = settings.get("fail_once_marker")
     algorithm, overrides = trial_params(config)
     torch.set_num_threads(max(1, int(settings.get("threads", 1))))
-    generator = load_model_for(algorithm, settings["model"])
+    evaluation = EvalSettings(**settings.get("eval_settings", {}))
+    precision = settings.get("precision", "fp32")
+    generator = load_model_for(algorithm, settings["model"], precision=precision)
     unlearner = build_unlearner(algorithm, generator, settings["target"], overrides, seed=settings["seed"],
-                                anchor=settings.get("anchor") or "")
-    original = load_model_for(algorithm, settings["model"])
-    judges = trial_judges(settings.get("judges", "local"), generator.device)
+                                category=evaluation.category, anchor=settings.get("anchor"),
+                                prompts=evaluation.prompts)
+    original = load_model_for(algorithm, settings["model"], precision=precision)
+    judges = trial_judges(settings.get("judges", "local"), generator, evaluation)
     cache = ImageCache(settings.get("cache_dir"))
     unlearner.prepare()
     elapsed = _restore(unlearner)
@@ -57,8 +59,8 @@ def run_trial(config: dict) -> None:
     def evaluate(budget: str) -> dict:
         sizes = settings.get("budget_sizes", {}).get(budget)  # smaller budgets for tests and smoke runs
         ctx = build_context(generator, settings["target"], Budget(budget, **sizes) if sizes else budget,
-                            original=original, judges=judges,
-                            cache=cache, seed=settings["seed"])
+                            original=original, judges=judges, cache=cache, seed=settings["seed"],
+                            settings=evaluation)
         return scorecard(ctx), ctx
 
     def on_step(step: int, _losses: dict) -> None:
@@ -81,13 +83,13 @@ def run_trial(config: dict) -> None:
     run_unlearning(unlearner, on_step=on_step, prepared=True)
 
 
-def trial_judges(place: str, device) -> dict:
-    """The detector judges a trial scores with: its own copy, or the shared Ray Serve app's."""
+def trial_judges(place: str, generator, evaluation: EvalSettings):
+    """The judges a trial scores with, loaded once per trial: its own copy, or the shared Ray Serve app's."""
     if place == "serve":
         from igmu.serve.client import serve_judges
 
         return serve_judges()
-    return load_world_judges(device=device)
+    return context_for(generator.kind, generator.source).default_judges(generator.device, evaluation)
 
 
 def _metrics(card: dict, step: int, final: bool) -> dict:
