@@ -19,6 +19,7 @@ from igmu.algorithms.task import (
     prompt_task,
     world_task,
 )
+from igmu.errors import UsageError
 from igmu.models.loader import kind_of, load
 
 
@@ -56,6 +57,46 @@ def resolved_params(algorithm: str, overrides: dict, category: str | None) -> di
     return dataclasses.asdict(make_params(get_algorithm(algorithm), overrides, category))
 
 
+def module_states(generator, keys) -> dict[str, torch.Tensor]:
+    """Copies of the tensors of `generator`'s modules named `keys` (as `Unlearner.trainable_modules`
+    names them, which are the generator's attribute names), keyed `<module>.<tensor>`."""
+    return {f"{key}.{n}": t.detach().cpu().clone() for key in keys
+            for n, t in getattr(generator, key).state_dict().items()}
+
+
+def changed_since(before: dict[str, torch.Tensor], unlearner: Unlearner) -> dict[str, torch.Tensor]:
+    """The tensors of the unlearner's trainable modules that differ from `before` (see module_states)."""
+    changed = {}
+    for key, module in unlearner.trainable_modules().items():
+        prefix = {n[len(key) + 1:]: t for n, t in before.items() if n.startswith(key + ".")}
+        changed.update({f"{key}.{n}": t for n, t in changed_tensors(prefix, module).items()})
+    return changed
+
+
+def apply_changed(generator, changed: dict[str, torch.Tensor]) -> None:
+    """Load `<module>.<tensor>` tensors (as `unlearn` returns them) into `generator`'s modules."""
+    by_module: dict[str, dict[str, torch.Tensor]] = {}
+    for name, tensor in changed.items():
+        key, _, tensor_name = name.partition(".")
+        by_module.setdefault(key, {})[tensor_name] = tensor
+    for key, tensors in by_module.items():
+        module = getattr(generator, key, None)
+        if not isinstance(module, torch.nn.Module):
+            raise UsageError(f"changed tensor {key}.* names no module of a {generator.kind.name} generator; "
+                             f"valid: {', '.join(generator_modules(generator))}")
+        result = module.load_state_dict(tensors, strict=False)
+        if result.unexpected_keys:
+            raise UsageError(f"changed tensor {key}.{result.unexpected_keys[0]} is not in the model's {key}; "
+                             "the weights belong to another model")
+
+
+def generator_modules(generator) -> list[str]:
+    """The names of a generator's modules (a Generator holds them as fields, an I2IGenerator as children)."""
+    if isinstance(generator, torch.nn.Module):
+        return [name for name, _ in generator.named_children()]
+    return [name for name, value in vars(generator).items() if isinstance(value, torch.nn.Module)]
+
+
 def changed_tensors(before: dict[str, torch.Tensor], module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: t.detach().cpu().clone() for name, t in module.state_dict().items()
             if not torch.equal(t.detach().cpu(), before[name])}
@@ -77,18 +118,14 @@ def peak_memory_mb(device: torch.device) -> float:
 def unlearn(unlearner: Unlearner, progress: bool = False) -> tuple[dict, dict[str, torch.Tensor]]:
     """Run the algorithm; returns efficiency figures and the changed UNet / text-encoder tensors."""
     gen = unlearner.generator
-    before = {f"{key}.{n}": t.detach().cpu().clone() for key, m in unlearner.trainable_modules().items()
-              for n, t in m.state_dict().items()}
+    before = module_states(gen, unlearner.trainable_modules())
     if gen.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(gen.device)
     started = time.time()
     history = run_unlearning(unlearner, progress=progress)
     seconds = time.time() - started
     gen.train_mode(False)
-    changed = {}
-    for key, module in unlearner.trainable_modules().items():
-        prefix = {n[len(key) + 1:]: t for n, t in before.items() if n.startswith(key + ".")}
-        changed.update({f"{key}.{n}": t for n, t in changed_tensors(prefix, module).items()})
+    changed = changed_since(before, unlearner)
     efficiency = {"seconds": round(seconds, 2), "peak_memory_mb": round(peak_memory_mb(gen.device), 1),
                   "changed_bytes": changed_bytes(before, changed),
                   "steps": len(history), "final_losses": history[-1] if history else {}}
@@ -99,7 +136,7 @@ def save_run(out: Path, unlearner: Unlearner, card: dict, changed: dict[str, tor
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
-    unlearner.generator.save(out / "model")
+    unlearner.generator.save(out / "model", stock_weights=type(unlearner).stock_weights)
     save_file({k: v.contiguous() for k, v in changed.items()}, str(out / "changed.safetensors"))
     config = {"algorithm": unlearner.name, "target": unlearner.task.target, "seed": unlearner.seed,
               "params": dataclasses.asdict(unlearner.params)}

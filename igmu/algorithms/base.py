@@ -52,6 +52,11 @@ class Unlearner:
     # Defaults that differ by target category, as the papers themselves choose them (e.g. ESD-u for
     # nudity and objects, ESD-x for styles). Applied under the user's overrides by `make_params`.
     category_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
+    # How the result exports: True when the changed weights alone carry the unlearning, so a saved
+    # Stable Diffusion model is a stock diffusers pipeline. False for methods that change the sampler
+    # or keep adapters apart: their saved folders name igmu's pipeline and stock loaders refuse them,
+    # since loading the weights alone would silently give back a model that was never erased.
+    stock_weights: ClassVar[bool] = True
 
     def __init__(self, generator: Generator, task: UnlearningTask, params=None, seed: int = 0):
         if generator.kind not in self.generator_kinds:
@@ -131,7 +136,7 @@ class Unlearner:
     @classmethod
     def describe(cls) -> dict:
         return {"name": cls.name, "paper": cls.paper, "repo": cls.repo, "categories": list(cls.categories),
-                "generator_kinds": [kind.name for kind in cls.generator_kinds],
+                "generator_kinds": [kind.name for kind in cls.generator_kinds], "stock_weights": cls.stock_weights,
                 "doc": (cls.__doc__ or "").strip().splitlines()[0],
                 "hyperparameters": [describe_field(f, cls.Params) for f in dataclasses.fields(cls.Params)],
                 "category_defaults": {k: dict(v) for k, v in cls.category_defaults.items()}}

@@ -21,9 +21,10 @@ from collections.abc import Sequence
 import moocore
 import numpy as np
 
-MAXIMISE = "max"
-MINIMISE = "min"
-VALID_DIRECTIONS = (MAXIMISE, MINIMISE)
+# Dominance itself lives in the sweep layer, which keeps the front's weights (see igmu.sweep.dominance).
+from igmu.sweep.dominance import MAXIMISE, MINIMISE, VALID_DIRECTIONS, finite_rows, non_dominated, validated_points
+
+__all__ = ["MAXIMISE", "MINIMISE", "VALID_DIRECTIONS", "hypervolume", "knee_point", "non_dominated"]
 
 # All igmu aspect scores lie in [0, 1], so 0 is the worst a maximised score can be.
 DEFAULT_MAX_REFERENCE = 0.0
@@ -32,20 +33,6 @@ DEFAULT_MAX_REFERENCE = 0.0
 REFERENCE_MARGIN_FRACTION = 0.1
 # Used instead of the observed range when every value is equal: the width of the [0, 1] score scale.
 UNIT_SCORE_RANGE = 1.0
-
-
-def non_dominated(points: np.ndarray, directions: Sequence[str]) -> np.ndarray:
-    """Return a boolean mask over the rows of ``points`` that are on the Pareto front.
-
-    Rows with any NaN or infinity are never on the front and cannot dominate other rows.
-    """
-    array, maximise = _validated(points, directions)
-    finite = _finite_rows(array)
-    mask = np.zeros(array.shape[0], dtype=bool)
-    if finite.any():
-        # keep_weakly: every copy of a front point stays on the front, not only the first.
-        mask[finite] = moocore.is_nondominated(array[finite], maximise=maximise, keep_weakly=True)
-    return mask
 
 
 def hypervolume(
@@ -68,8 +55,8 @@ def hypervolume(
 
     With no finite rows the result is 0.0.
     """
-    array, maximise = _validated(points, directions)
-    finite_points = array[_finite_rows(array)]
+    array, maximise = validated_points(points, directions)
+    finite_points = array[finite_rows(array)]
     if finite_points.shape[0] == 0:
         return 0.0
     if reference is None:
@@ -90,7 +77,7 @@ def knee_point(points: np.ndarray, directions: Sequence[str]) -> int | None:
     front_rows = np.flatnonzero(non_dominated(points, directions))
     if front_rows.size == 0:
         return None
-    array, maximise = _validated(points, directions)
+    array, maximise = validated_points(points, directions)
     higher_is_better = array[front_rows] * np.where(maximise, 1.0, -1.0)
     normalised = _normalise_columns_to_unit(higher_is_better)
     worst_objective = normalised.min(axis=1)
@@ -98,34 +85,6 @@ def knee_point(points: np.ndarray, directions: Sequence[str]) -> int | None:
     # np.lexsort sorts by its last key first: best worst-objective, then best total, then index.
     order = np.lexsort((front_rows, -total, -worst_objective))
     return int(front_rows[order[0]])
-
-
-def _validated(points: np.ndarray, directions: Sequence[str]) -> tuple[np.ndarray, list[bool]]:
-    """Return ``points`` as a float array and, per objective, whether it is maximised."""
-    array = np.asarray(points, dtype=float)
-    if array.ndim != 2:
-        raise ValueError(
-            f"points must be a 2-D array of shape [runs, objectives], got {array.ndim} dimension(s)"
-        )
-    if isinstance(directions, str):
-        raise ValueError(
-            f"directions must be a sequence with one of {VALID_DIRECTIONS} per objective, "
-            f"not the single string {directions!r}"
-        )
-    directions = list(directions)
-    if array.shape[1] == 0:
-        raise ValueError("points must have at least one objective column")
-    if len(directions) != array.shape[1]:
-        raise ValueError(
-            f"got {len(directions)} direction(s) for {array.shape[1]} objective column(s); "
-            "give exactly one direction per column"
-        )
-    for direction in directions:
-        if direction not in VALID_DIRECTIONS:
-            raise ValueError(
-                f"invalid direction {direction!r}: each direction must be one of {VALID_DIRECTIONS}"
-            )
-    return array, [direction == MAXIMISE for direction in directions]
 
 
 def _validated_reference(reference: Sequence[float], objectives: int) -> np.ndarray:
@@ -146,10 +105,6 @@ def _default_reference(finite_points: np.ndarray, maximise: Sequence[bool]) -> n
     observed_range = worst - best
     scale = np.where(observed_range > 0, observed_range, UNIT_SCORE_RANGE)
     return np.where(maximise, DEFAULT_MAX_REFERENCE, worst + REFERENCE_MARGIN_FRACTION * scale)
-
-
-def _finite_rows(points: np.ndarray) -> np.ndarray:
-    return np.all(np.isfinite(points), axis=1)
 
 
 def _normalise_columns_to_unit(values: np.ndarray) -> np.ndarray:

@@ -7,6 +7,7 @@ import sys
 import click
 
 from igmu.cli.analysis import compare_command, pareto_command
+from igmu.cli.export import export_command
 from igmu.cli.runs import algorithms_command, eval_command, run_command
 from igmu.cli.serve import serve_group
 from igmu.cli.sweeps import results_command, sweep_command, ui_command
@@ -23,7 +24,7 @@ def cli() -> None:
 
 
 for command in (world, eval_command, algorithms_command, run_command, sweep_command, results_command, ui_command,
-                pareto_command, compare_command, serve_group):
+                pareto_command, compare_command, export_command, serve_group):
     cli.add_command(command)
 
 

@@ -141,7 +141,9 @@ class I2IGenerator(nn.Module):
         """Training or evaluation mode of the part unlearning edits (the encoder)."""
         self.encoder.train(on)
 
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike, stock_weights: bool = True) -> None:
+        """Config and safetensors weights. `stock_weights` is accepted for the one `save` interface of
+        generators; no stock pipeline loads this igmu-only format, so there is nothing to keep it from."""
         from safetensors.torch import save_file
 
         path = Path(path)

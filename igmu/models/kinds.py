@@ -24,6 +24,20 @@ SHIPPED_MODEL_NAMES = ("base", "world")
 SAMPLING_FILE = "sampling.json"
 # A free-text prompt names no category; it is treated as an object unless the user says otherwise.
 DEFAULT_PROMPT_CATEGORY = "object"
+# diffusers' index of a pipeline folder: which pipeline class loads it, and from which components.
+MODEL_INDEX_FILE = "model_index.json"
+# igmu's own pipeline classes. No diffusers class has these names, so `DiffusionPipeline` cannot load
+# such a folder: an IgmuGenerator is a world model, an IgmuSamplerPipeline a model whose unlearning
+# lives partly outside its weights (a changed sampler, adapters kept apart).
+IGMU_GENERATOR_CLASS = "IgmuGenerator"
+IGMU_SAMPLER_PIPELINE = "IgmuSamplerPipeline"
+# Where the UNet lives: `unet` when the weights alone carry the model, else a component no stock
+# pipeline knows, so that `StableDiffusionPipeline` fails to load the folder instead of silently
+# giving back the weights without the method's effect.
+STOCK_UNET = "unet"
+HELD_UNET = "igmu_unet"
+# The key of the index that records which of the two a folder is; absent in a stock index.
+STOCK_WEIGHTS_KEY = "stock_weights"
 
 
 class GeneratorKind:
@@ -40,6 +54,15 @@ class GeneratorKind:
     @classmethod
     def recognises(cls, folder: Path) -> bool:
         raise NotImplementedError
+
+    @classmethod
+    def model_index(cls, generator, stock_weights: bool = True) -> dict:
+        """The folder's model_index.json: igmu's own index, read by igmu's loader only. A folder whose
+        effect stock weights cannot carry names igmu's sampler pipeline and lists its components."""
+        if stock_weights:
+            return {"_class_name": IGMU_GENERATOR_CLASS, "kind": cls.name}
+        return {"_class_name": IGMU_SAMPLER_PIPELINE, "kind": cls.name, STOCK_WEIGHTS_KEY: False,
+                **component_index(generator.components(stock_weights))}
 
     @classmethod
     def load_folder(cls, folder: Path, device: str | None, precision: str):
@@ -93,6 +116,26 @@ class WorldKind(GeneratorKind):
 
 def kind_names(kinds) -> str:
     return ", ".join(kind.name for kind in kinds)
+
+
+def component_index(components: dict) -> dict[str, list[str]]:
+    """name -> [library, class], as diffusers' model_index.json lists a pipeline's components."""
+    return {name: [type(obj).__module__.split(".")[0], type(obj).__name__] for name, obj in components.items()}
+
+
+def read_model_index(folder: Path) -> dict:
+    path = Path(folder) / MODEL_INDEX_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def saved_with_stock_weights(folder: Path) -> bool:
+    """Whether the folder's weights alone carry its model (see HELD_UNET); folders igmu did not
+    write have no such key and are stock."""
+    return bool(read_model_index(folder).get(STOCK_WEIGHTS_KEY, True))
+
+
+def unet_component(stock_weights: bool) -> str:
+    return STOCK_UNET if stock_weights else HELD_UNET
 
 
 def read_sampling(folder: Path) -> dict | None:

@@ -21,10 +21,20 @@ import torch
 import torch.nn.functional as F
 
 from igmu.errors import UsageError
-from igmu.models.kinds import SAMPLING_FILE, GeneratorKind, WorldKind, read_sampling
+from igmu.models.kinds import (
+    MODEL_INDEX_FILE,
+    SAMPLING_FILE,
+    GeneratorKind,
+    WorldKind,
+    component_index,
+    read_sampling,
+    saved_with_stock_weights,
+    unet_component,
+)
 from igmu.prompts import canonical_category, infer_category
 
-COMPONENTS = ("unet", "text_encoder", "tokenizer", "scheduler")
+# What a folder holds beside its UNet (whose folder name `unet_component` gives) and, for latent models, vae/.
+COMPONENTS = ("text_encoder", "tokenizer", "scheduler")
 # Images the VAE decodes at once (a memory budget; the `--batch-size` setting replaces it).
 DEFAULT_DECODE_BATCH = 4
 # Samplers an evaluation can choose, each built from the model folder's own scheduler configuration.
@@ -44,6 +54,10 @@ class PatchCodec(torch.nn.Module):
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return ((F.pixel_shuffle(latents, self.factor) + 1.0) / 2.0).clamp(0, 1)
+
+    def components(self) -> dict:
+        """Pipeline components the codec adds to a saved folder: none, a reshape has no weights."""
+        return {}
 
 
 class VaeCodec(torch.nn.Module):
@@ -65,6 +79,9 @@ class VaeCodec(torch.nn.Module):
                   for chunk in latents.split(self.decode_batch)]
         return ((torch.cat(chunks) + 1.0) / 2.0).clamp(0, 1)
 
+    def components(self) -> dict:
+        return {"vae": self.vae}
+
 
 @dataclass
 class Generator:
@@ -83,6 +100,9 @@ class Generator:
     origin: str = ""
     # Images generated per UNet batch (doubled by classifier-free guidance): a memory budget.
     batch_size: int = 64
+    # False when the folder it was loaded from held a method's effect outside the weights (see
+    # `save`); saving it again keeps that folder out of stock loaders.
+    stock_weights: bool = True
 
     @property
     def device(self) -> torch.device:
@@ -199,17 +219,25 @@ class Generator:
                     out[i] = image
         return torch.stack(out) if out else torch.zeros(0)
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Save as a diffusers-layout folder of safetensors (the unet and text encoder carry edits)."""
+    def components(self, stock_weights: bool = True) -> dict:
+        """Folder name -> component, as a saved folder holds them (see `unet_component`)."""
+        return {unet_component(stock_weights): self.unet, **self.codec.components(),
+                "text_encoder": self.text_encoder, "tokenizer": self.tokenizer, "scheduler": self.scheduler}
+
+    def save(self, path: str | os.PathLike, stock_weights: bool = True) -> None:
+        """Save as a diffusers-layout folder of safetensors (the unet and text encoder carry edits),
+        indexed as the kind says. `stock_weights=False` (an unlearner whose effect the weights alone
+        do not carry) writes a folder that stock diffusers pipelines refuse to load."""
         path = Path(path)
-        self.unet.save_pretrained(path / "unet", safe_serialization=True)
-        self.text_encoder.save_pretrained(path / "text_encoder", safe_serialization=True)
-        self.tokenizer.save_pretrained(path / "tokenizer")
-        self.scheduler.save_pretrained(path / "scheduler")
-        if isinstance(self.codec, VaeCodec):
-            self.codec.vae.save_pretrained(path / "vae", safe_serialization=True)
+        stock_weights = stock_weights and self.stock_weights
+        for name, component in self.components(stock_weights).items():
+            if isinstance(component, torch.nn.Module):
+                component.save_pretrained(path / name, safe_serialization=True)
+            else:
+                component.save_pretrained(path / name)
         (path / SAMPLING_FILE).write_text(json.dumps(self.sampling_defaults, indent=2))
-        (path / "model_index.json").write_text(json.dumps({"_class_name": "IgmuGenerator", "kind": self.kind.name}))
+        index = self.kind.model_index(self, stock_weights)
+        (path / MODEL_INDEX_FILE).write_text(json.dumps(index, indent=2))
 
 
 def default_device() -> torch.device:
@@ -235,12 +263,15 @@ def load_diffusers_folder(folder: Path, kind: type[GeneratorKind], device: str |
 
     torch_device = torch.device(device) if device else default_device()
     dtype = resolve_dtype(precision, torch_device)
-    missing = [c for c in COMPONENTS if not (folder / c).is_dir()]
+    stock_weights = saved_with_stock_weights(folder)
+    unet_name = unet_component(stock_weights)
+    expected = (unet_name, *COMPONENTS)
+    missing = [c for c in expected if not (folder / c).is_dir()]
     if missing:
         raise UsageError(f"model folder {str(folder)!r} lacks {', '.join(missing)}; "
-                         f"a generator folder holds {', '.join(COMPONENTS)} (and vae/ for latent models)")
+                         f"a generator folder holds {', '.join(expected)} (and vae/ for latent models)")
     try:
-        unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=dtype, use_safetensors=True)
+        unet = UNet2DConditionModel.from_pretrained(folder / unet_name, torch_dtype=dtype, use_safetensors=True)
         text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=dtype, use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
         scheduler = DDIMScheduler.from_pretrained(folder / "scheduler")
@@ -252,7 +283,8 @@ def load_diffusers_folder(folder: Path, kind: type[GeneratorKind], device: str |
         raise UsageError(f"cannot load model folder {str(folder)!r}: {first_line}") from None
     for module in (unet, text_encoder, codec):
         module.eval().requires_grad_(False)
-    return Generator(unet, text_encoder, tokenizer, scheduler, codec, kind, dict(sampling)).to(torch_device)
+    return Generator(unet, text_encoder, tokenizer, scheduler, codec, kind, dict(sampling),
+                     stock_weights=stock_weights).to(torch_device)
 
 
 def patch_factor(unet) -> int:
@@ -307,6 +339,18 @@ class StableDiffusion(GeneratorKind):
     def category_of(cls, target: str, category: str | None = None) -> str:
         """The category given (canonical name or alias), else the one the shipped label sets imply."""
         return canonical_category(category) if category else infer_category(target)
+    def model_index(cls, generator, stock_weights: bool = True) -> dict:
+        """A stock `StableDiffusionPipeline` index, so diffusers loads what igmu saved; a folder whose
+        effect the weights do not carry gets igmu's index instead, which diffusers refuses."""
+        if not stock_weights:
+            return super().model_index(generator, stock_weights)
+        import diffusers
+
+        return {"_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusers.__version__,
+                **component_index(generator.components()),
+                # igmu's models ship no safety checker; diffusers requires saying so explicitly.
+                "safety_checker": [None, None], "feature_extractor": [None, None],
+                "requires_safety_checker": False}
 
     @classmethod
     def load_folder(cls, folder: Path, device: str | None, precision: str):

@@ -21,14 +21,16 @@ from igmu.sweep.results import (
     STATE_FILE,
     SWEEP_TAG,
     TABLE_FILE,
+    TRIALS_DIR,
     is_uri,
+    kept_trials,
     resolve_tracking_uri,
     results_root,
     trial_row,
     update_sweep_state,
     write_table,
 )
-from igmu.sweep.tracking import MlflowTracker, finish_parent, start_parent_run
+from igmu.sweep.tracking import MlflowTracker, finish_parent, record_weights, start_parent_run
 
 
 
@@ -122,7 +124,7 @@ def trial_settings(config: SweepConfig, sweep_dir: Path, **extra) -> dict:
             "category": sweep_category(config),
             "eval_every": config.early_stop.eval_every, "interim_budget": config.eval.interim,
             "final_budget": config.eval.final, "judges": config.eval.judges, "objectives": list(config.objectives),
-            "out_dir": str(sweep_dir / "trials"), "cache_dir": str(sweep_dir / "images"),
+            "out_dir": str(sweep_dir / TRIALS_DIR), "cache_dir": str(sweep_dir / "images"),
             "threads": max(1, int(config.resources.cpu)), "precision": config.precision,
             "eval_settings": dataclasses.asdict(eval_settings(config.category, config.prompts, config.precision,
                                                               config.eval)),
@@ -213,6 +215,9 @@ def run_sweep(config: SweepConfig, *, address: str | None = None, storage: str |
         grid = tuner.fit()
     rows = result_rows(grid, MlflowClient(uri), experiment_id, parent)
     table = write_table(rows, sweep_dir / TABLE_FILE)
+    # Only now is the front known, so only now can the retention policy pick whose weights to keep.
+    record_weights(client, parent, rows, kept_trials(rows, config.objectives, config.tracking.keep_weights),
+                   sweep_dir / TRIALS_DIR, config.tracking.keep_weights)
     finish_parent(client, parent)
     return SweepOutcome(config.name, sweep_dir, table, uri, parent, rows)
 

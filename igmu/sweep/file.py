@@ -53,7 +53,7 @@ from igmu.metrics.base import ASPECTS, BUDGETS
 from igmu.models.kinds import SHIPPED_MODEL_NAMES
 from igmu.models.loader import kind_of
 from igmu.models.text_to_image import SCHEDULERS
-from igmu.sweep.results import DEFAULT_OBJECTIVES, DIRECTIONS, HMEAN, OBJECTIVE_NAMES
+from igmu.sweep.results import DEFAULT_OBJECTIVES, DIRECTIONS, HMEAN, KEEP_FRONT, KEEP_WEIGHTS, OBJECTIVE_NAMES
 from igmu.world.concepts import ALL_CONCEPTS
 
 WORLD_MODEL = SHIPPED_MODEL_NAMES[1]
@@ -149,6 +149,10 @@ class TrackingConfig:
 
     experiment: Text | None = Field(None, description="MLflow experiment name (default: the sweep name)")
     uri: Text | None = Field(None, description="MLflow tracking URI (default: the runner's)")
+    keep_weights: Literal[KEEP_WEIGHTS] = Field(KEEP_FRONT, description="which finished trials keep their changed "
+                                                 "weights (logged to their MLflow runs for `igmu export`): "
+                                                 "front (the Pareto front on the objectives plus the 3 best "
+                                                 "on the first), all, or none")
 
 
 SECTIONS: dict[str, type] = {"search": SearchConfig, "early_stop": EarlyStopConfig, "resources": Resources,

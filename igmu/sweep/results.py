@@ -8,6 +8,8 @@ Layout of a sweep's outputs, under the results root (`--storage`, `IGMU_RESULTS`
     <root>/<sweep>/sweep.json        the MLflow parent run (reused on --resume) and the declared objectives
     <root>/<sweep>/tune/             Tune's experiment: trial checkpoints, searcher state
     <root>/<sweep>/trials/<id>/      each finished trial's scorecard.json and grid.png
+    <root>/<sweep>/trials/<id>/weights/  its changed tensors (changed.safetensors) and manifest.json,
+                                     while `tracking.keep_weights` keeps them (see `kept_trials`)
     <root>/<sweep>/results.parquet   one row per trial
     <root>/<sweep>/images/           original-model images shared by every trial
 """
@@ -57,6 +59,18 @@ REQUIRED_COLUMNS = ("trial_id", "status")
 SWEEP_TAG = "igmu.sweep"
 # MLflow's own variable: on a cluster the job environment points every driver at the tracking server.
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+# A finished trial's changed tensors (vs the original model) and what they are, in its trial folder and,
+# when kept, under the same artifact path of its MLflow run.
+TRIALS_DIR = "trials"
+WEIGHTS_DIR = "weights"
+CHANGED_FILE = "changed.safetensors"
+WEIGHTS_MANIFEST = "manifest.json"
+# Which trials keep their weights: the front (plus the best few on the first objective), all, none.
+KEEP_FRONT, KEEP_ALL, KEEP_NONE = "front", "all", "none"
+KEEP_WEIGHTS = (KEEP_FRONT, KEEP_ALL, KEEP_NONE)
+# Trials kept beside the front under `front`: the best on the first objective, which a front in many
+# objectives may leave out (a front member can be mediocre on each single objective).
+KEEP_TOP = 3
 # MLflow run ids are uuid4 hex strings; only text of that shape is worth a tracking-store query.
 RUN_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 
@@ -75,6 +89,36 @@ def trial_row(trial_id, algorithm: str, params: Mapping, status: str, metrics: M
             EFFICIENCY_OBJECTIVE: metrics.get(EFFICIENCY_OBJECTIVE, math.nan),
             "trial_seconds": metrics.get("time_total_s", math.nan),
             "mlflow_run_id": run_id}
+
+
+def kept_trials(rows: Iterable[Mapping], objectives: Mapping[str, str], policy: str) -> set:
+    """Trial ids whose weights `policy` keeps: finished trials only (early-stopped ones wrote no
+    weights); under `front`, the Pareto front on `objectives` and the KEEP_TOP best on the first."""
+    if policy not in KEEP_WEIGHTS:
+        raise UsageError(f"unknown keep_weights policy {policy!r}; valid: {', '.join(KEEP_WEIGHTS)}")
+    finished = [row for row in rows if row["status"] == FINISHED]
+    if policy != KEEP_FRONT:
+        return {row["trial_id"] for row in finished} if policy == KEEP_ALL else set()
+    import numpy as np
+
+    from igmu.sweep.dominance import MAXIMISE, non_dominated
+
+    if not finished:
+        return set()
+    names, directions = list(objectives), list(objectives.values())
+    points = np.array([[_as_float(row.get(name)) for name in names] for row in finished], dtype=float)
+    front = non_dominated(points, directions)
+    first = points[:, 0] * (-1.0 if directions[0] == MAXIMISE else 1.0)
+    scored = [i for i in np.argsort(first, kind="stable") if math.isfinite(first[i])]
+    keep = set(np.flatnonzero(front)) | set(scored[:KEEP_TOP])
+    return {finished[i]["trial_id"] for i in sorted(keep)}
+
+
+def _as_float(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def row_params(row: Mapping) -> dict:
@@ -165,8 +209,12 @@ class SweepSource:
 
     def grid_path(self, trial_id) -> Path | None:
         """The trial's image grid on disk, when the sweep kept one."""
-        path = self.sweep_dir / "trials" / str(trial_id) / "grid.png"
+        path = self.sweep_dir / TRIALS_DIR / str(trial_id) / "grid.png"
         return path if path.is_file() else None
+
+    def weights_dir(self, trial_id) -> Path:
+        """Where the trial wrote its changed weights (present while the retention policy keeps them)."""
+        return self.sweep_dir / TRIALS_DIR / str(trial_id) / WEIGHTS_DIR
 
 
 def locate_sweep(sweep: str, storage: str | None = None, tracking_uri: str | None = None) -> SweepSource:

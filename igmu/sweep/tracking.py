@@ -10,18 +10,34 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from ray.tune import Callback
 
 from igmu.metrics.base import ASPECTS
-from igmu.sweep.results import EARLY_STOPPED, HMEAN, SWEEP_TAG, update_sweep_state
+from igmu.sweep.results import (
+    EARLY_STOPPED,
+    HMEAN,
+    SWEEP_TAG,
+    WEIGHTS_DIR,
+    WEIGHTS_MANIFEST,
+    update_sweep_state,
+)
 from igmu.sweep.trainable import FINAL, SETTINGS_KEY
 
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "igmu.trial_id"
 INTERIM_PREFIX = "interim_"
+# On each trial run: whether its changed weights are among its artifacts (`igmu export` needs them).
+WEIGHTS_TAG = "igmu.weights"
+WEIGHTS_LOGGED, WEIGHTS_NOT_KEPT = "logged", "not-kept"
+WEIGHTS_BYTES = "weights_bytes"
+# On the parent run: the retention policy, and how many trials it kept with how many bytes.
+KEEP_WEIGHTS_TAG = "igmu.keep_weights"
+WEIGHTS_KEPT, WEIGHTS_KEPT_BYTES = "weights_kept", "weights_kept_bytes"
 
 
 def start_parent_run(client, experiment: str, sweep_name: str, state_file: Path, config_text: str) -> tuple[str, str]:
@@ -102,9 +118,11 @@ class MlflowTracker(Callback):
         self.client.set_terminated(run_id, "KILLED" if early_stopped else status)
 
     def _log_artifacts(self, run_id: str, folder: str | None) -> None:
+        """Everything the trial wrote but its weights, which wait for the retention decision."""
         if folder and Path(folder).is_dir():
             for path in sorted(Path(folder).iterdir()):
-                self.client.log_artifact(run_id, str(path))
+                if path.name != WEIGHTS_DIR:
+                    self.client.log_artifact(run_id, str(path))
 
 
 def _finite(value) -> bool:
@@ -122,6 +140,33 @@ def _param_list(params: dict):
     from mlflow.entities import Param
 
     return [Param(key, str(value)) for key, value in sorted(params.items())]
+
+
+def record_weights(client, parent_run_id: str, rows: Iterable[Mapping], kept: set, trials_dir: Path,
+                   policy: str) -> tuple[int, int]:
+    """Log the kept trials' weights to their runs and tag every trial run logged or not-kept; the
+    weights of trials not kept are deleted from their trial folders, so a long sweep of a large model
+    does not fill the disk. Returns (trials kept, their bytes), also recorded on the parent run."""
+    count, total = 0, 0
+    for row in rows:
+        run_id = row.get("mlflow_run_id")
+        folder = trials_dir / str(row["trial_id"]) / WEIGHTS_DIR
+        if run_id is None:
+            continue
+        if row["trial_id"] in kept and (folder / WEIGHTS_MANIFEST).is_file():
+            size = int(json.loads((folder / WEIGHTS_MANIFEST).read_text())["bytes"])
+            client.log_artifacts(run_id, str(folder), artifact_path=WEIGHTS_DIR)
+            client.log_metric(run_id, WEIGHTS_BYTES, size)
+            client.set_tag(run_id, WEIGHTS_TAG, WEIGHTS_LOGGED)
+            count, total = count + 1, total + size
+        elif client.get_run(run_id).data.tags.get(WEIGHTS_TAG) != WEIGHTS_LOGGED:
+            # A resumed sweep's front only shrinks; a run logged before keeps its artifacts and tag.
+            client.set_tag(run_id, WEIGHTS_TAG, WEIGHTS_NOT_KEPT)
+            shutil.rmtree(folder, ignore_errors=True)
+    client.set_tag(parent_run_id, KEEP_WEIGHTS_TAG, policy)
+    client.log_metric(parent_run_id, WEIGHTS_KEPT, count)
+    client.log_metric(parent_run_id, WEIGHTS_KEPT_BYTES, total)
+    return count, total
 
 
 def finish_parent(client, parent_run_id: str, status: str = "FINISHED") -> None:

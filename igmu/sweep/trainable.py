@@ -22,8 +22,8 @@ from igmu.algorithms.loop import run_unlearning
 from igmu.metrics.cache import ImageCache
 from igmu.metrics.context import Budget, EvalSettings, context_for
 from igmu.metrics.scorecard import build_context, scorecard
-from igmu.run import build_unlearner, load_model_for, peak_memory_mb
-from igmu.sweep.results import HMEAN
+from igmu.run import build_unlearner, changed_since, load_model_for, module_states, peak_memory_mb
+from igmu.sweep.results import CHANGED_FILE, HMEAN, WEIGHTS_DIR, WEIGHTS_MANIFEST
 from igmu.sweep.space import trial_params
 
 SETTINGS_KEY = "igmu"
@@ -78,6 +78,7 @@ def run_trial(config: dict) -> None:
             metrics.setdefault(objective, math.nan)
         if last:
             metrics.update(_finish(card, ctx, unlearner, trial_dir, time.time() - started))
+            write_weights(trial_dir / WEIGHTS_DIR, unlearner, original, settings)
         _report(metrics, unlearner, time.time() - started)
 
     run_unlearning(unlearner, on_step=on_step, prepared=True)
@@ -103,7 +104,8 @@ def _metrics(card: dict, step: int, final: bool) -> dict:
 
 
 def _finish(card: dict, ctx, unlearner, trial_dir: Path, seconds: float) -> dict:
-    """Write the trial's scorecard, config and image grid for the driver to log as artifacts."""
+    """Write the trial's scorecard, config and image grid for the driver to log as artifacts (its
+    weights are written beside them by `write_weights`, and logged, or not, at the end of the sweep)."""
     from igmu.metrics.grid import save_grid
 
     trial_dir.mkdir(parents=True, exist_ok=True)
@@ -113,6 +115,25 @@ def _finish(card: dict, ctx, unlearner, trial_dir: Path, seconds: float) -> dict
     (trial_dir / "scorecard.json").write_text(json.dumps(card, indent=2, default=str))
     save_grid(ctx, trial_dir / "grid.png")
     return {**efficiency, "artifacts_dir": str(trial_dir)}
+
+
+def write_weights(folder: Path, unlearner, original, settings: dict) -> dict:
+    """The trial's changed tensors against the original model, and a manifest saying what they are.
+
+    Written by every finished trial; the driver decides at the end of the sweep which ones MLflow keeps
+    (`tracking.keep_weights`), since only then is the front known.
+    """
+    from safetensors.torch import save_file
+
+    changed = changed_since(module_states(original, unlearner.trainable_modules()), unlearner)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in changed.items()}, str(folder / CHANGED_FILE))
+    manifest = {"algorithm": unlearner.name, "model": settings["model"], "target": settings["target"],
+                "seed": unlearner.seed, "params": dict(vars(unlearner.params)),
+                "tensors": len(changed), "bytes": (folder / CHANGED_FILE).stat().st_size,
+                "stock_weights": type(unlearner).stock_weights}
+    (folder / WEIGHTS_MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+    return manifest
 
 
 def _report(metrics: dict, unlearner, elapsed: float) -> None:
