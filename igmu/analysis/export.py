@@ -127,3 +127,9 @@ def export_record(source: SweepSource, row: pd.Series, manifest: dict) -> dict:
             "algorithm": manifest["algorithm"], "model": manifest["model"], "target": manifest["target"],
             "seed": manifest.get("seed"), "params": trial_params(row) or manifest.get("params", {}),
             "scores": trial_scores(row), "stock_weights": manifest.get("stock_weights", True)}
+
+
+def exported_from(folder: str) -> str | None:
+    """The model an igmu export was made from (its original, for evaluation), when `folder` is one."""
+    record = Path(folder) / EXPORT_FILE
+    return json.loads(record.read_text()).get("model") if record.is_file() else None

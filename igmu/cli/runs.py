@@ -20,22 +20,32 @@ from igmu.errors import UsageError
 @click.option("--grid", "grid_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Save a before/after image grid (PNG).")
 @click.option("--json", "as_json", is_flag=True, help="Print the scorecard as JSON.")
+@click.option("--original", default=None, help="The model before unlearning, that quality and alignment compare "
+                                                "with (default: the shipped model for the world; for a real "
+                                                "model, the one an igmu export names, else the model itself).")
 @eval_options
 @model_options
 def eval_command(model: str, target: str, budget: str, seed: int, grid_path: Path | None, as_json: bool,
-                 precision: str, device: str | None, **options) -> None:
+                 original: str | None, precision: str, device: str | None, **options) -> None:
     """Score a generator on the five aspects for one target."""
     quiet_libraries()
     from igmu.metrics.base import check_budget
     from igmu.metrics.scorecard import build_context, check_evaluation, format_table, scorecard
-    from igmu.models.loader import kind_of, load
+    from igmu.analysis.export import exported_from
+    from igmu.models.loader import check_local, kind_of, load
 
     settings = pop_eval_settings(options, precision)
     check_budget(budget)
     kind = kind_of(model)
+    check_local(model)
     check_evaluation(kind, target, settings, model)
+    original = original or exported_from(model)
+    if original:
+        kind_of(original, (kind,))
+        check_local(original)
     generator = load(model, device=device, precision=precision)
-    ctx = build_context(generator, target, budget, seed=seed, settings=settings)
+    before = load(original, (kind,), device=device, precision=precision) if original else None
+    ctx = build_context(generator, target, budget, original=before, seed=seed, settings=settings)
     card = scorecard(ctx)
     if grid_path:
         from igmu.metrics.grid import save_grid
@@ -96,12 +106,14 @@ def run_command(algorithm: str, target: str, model: str, anchor: str | None, set
     from igmu.metrics.base import check_budget
     from igmu.metrics.context import can_score
     from igmu.metrics.scorecard import build_context, check_evaluation, format_table, scorecard
+    from igmu.models.loader import check_local
     from igmu.run import build_unlearner, load_model_for, model_kind_for, save_run, unlearn
 
     settings = pop_eval_settings(options, precision)
     check_budget(budget)
     overrides = _parse_sets(sets)
     kind = model_kind_for(algorithm, model)
+    check_local(model)
     scored = can_score(kind)
     if scored:
         check_evaluation(kind, target, settings, model)

@@ -62,6 +62,6 @@ def attack_embeddings(generator: Generator, prompts: list[str], reference_images
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
     with torch.no_grad(), _prefix_embeddings(generator, prefix.detach()):
         return generator.text_encoder(ids)[0].detach(), losses

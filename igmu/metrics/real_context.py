@@ -133,11 +133,10 @@ class RealEvalContext:
         prompt_sets = load_prompt_sets(name, category, settings)
         judges = judges or cls.default_judges(model.device, settings)
         judges.check_available(needs_nudenet=category_spec(category).judge == "nudenet")
-        if original is None:
+        if original is None:  # what the model was loaded from: itself, before a run changed it
             from igmu.models.loader import load
 
-            original = load(model.source_folder or model.source, (model.kind,), str(model.device),
-                            settings.precision)
+            original = load(model.origin or model.source, (model.kind,), str(model.device), settings.precision)
         if settings.batch_size:
             for generator in (model, original):
                 generator.batch_size = settings.batch_size

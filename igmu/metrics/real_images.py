@@ -28,8 +28,7 @@ def _mean(values) -> float:
 @register_metric("forgetting", scores=RealEvalContext)
 def forgetting(ctx: RealEvalContext) -> MetricResult:
     """Score = 1 - residual rate of the target on forget prompts. For a plain prompt (no detector):
-    1 - the CLIP similarity of forget images to the target text, placed between the original
-    model's retain images (0, unrelated) and its forget images (1, the concept as the model drew it)."""
+    1 - the CLIP similarity of forget images to the target text relative to the original model's."""
     if ctx.spec.judge == "clip-similarity":
         return _forgetting_by_similarity(ctx)
     detection = ctx.detect_target(ctx.images("forget"))
@@ -53,10 +52,11 @@ def _forgetting_by_similarity(ctx: RealEvalContext) -> MetricResult:
 
     evaluated = similarity(ctx.images("forget"))
     original = similarity(ctx.images("forget", original=True))
+    # Reported, not scored: how close unrelated images come to the target text. A perfect erasure
+    # lands near it, so the score's usable range ends below 1 by about this ratio.
     unrelated = similarity(ctx.images("retain", original=True))
-    span = original - unrelated
-    residual = min(1.0, max(0.0, (evaluated - unrelated) / span)) if span > 0 else math.nan
-    return MetricResult(1.0 - residual if not math.isnan(residual) else math.nan, {
+    residual = min(1.0, max(0.0, evaluated / original)) if original > 0 else math.nan
+    return MetricResult(1.0 - residual, {
         "residual_similarity": residual, "clip_similarity": evaluated, "original_clip_similarity": original,
         "unrelated_clip_similarity": unrelated, "n_images": len(ctx.prompt_specs["forget"]),
         "judge": ctx.spec.judge})

@@ -51,6 +51,12 @@ def _kind_at(location: str) -> type[GeneratorKind]:
     return StableDiffusion
 
 
+def check_local(model: str) -> None:
+    """Fail now, before anything else is loaded, when `model` is neither shipped, a folder nor cached."""
+    if model not in SHIPPED_MODEL_NAMES:
+        cached_or_local(model)
+
+
 def looks_like_hub_id(location: str) -> bool:
     return location.count("/") == 1 and not location.startswith((".", "/"))
 
