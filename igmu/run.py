@@ -39,12 +39,13 @@ def build_unlearner(algorithm: str, generator, target: str, overrides: dict,
                     seed: int = 0, category: str | None = None, anchor: str = "") -> Unlearner:
     cls = get_algorithm(algorithm)
     task = build_task(generator, target, category, anchor)
-    return cls(generator, task, make_params(cls, overrides, task.category), seed=seed)
+    return cls(generator, task, make_params(cls, overrides, task.category, generator.kind), seed=seed)
 
 
-def resolved_params(algorithm: str, overrides: dict, category: str | None) -> dict:
-    """The hyperparameters a run actually uses: defaults, then category defaults, then overrides."""
-    return dataclasses.asdict(make_params(get_algorithm(algorithm), overrides, category))
+def resolved_params(algorithm: str, overrides: dict, category: str | None, kind=None) -> dict:
+    """The hyperparameters a run actually uses: defaults, then the defaults for the generator's kind
+    and the target's category (`algorithms.base.default_values`), then overrides."""
+    return dataclasses.asdict(make_params(get_algorithm(algorithm), overrides, category, kind))
 
 
 def changed_tensors(before: dict[str, torch.Tensor], module: torch.nn.Module) -> dict[str, torch.Tensor]:
