@@ -49,12 +49,13 @@ def build_unlearner(algorithm: str, generator, target: str, overrides: dict, see
                     category: str | None = None, anchor: str | None = None, prompts: str | None = None) -> Unlearner:
     cls = get_algorithm(algorithm)
     task = build_task(generator, target, category, anchor, prompts)
-    return cls(generator, task, make_params(cls, overrides, task.category), seed=seed)
+    return cls(generator, task, make_params(cls, overrides, task.category, generator.kind), seed=seed)
 
 
-def resolved_params(algorithm: str, overrides: dict, category: str | None) -> dict:
-    """The hyperparameters a run actually uses: defaults, then category defaults, then overrides."""
-    return dataclasses.asdict(make_params(get_algorithm(algorithm), overrides, category))
+def resolved_params(algorithm: str, overrides: dict, category: str | None, kind=None) -> dict:
+    """The hyperparameters a run actually uses: defaults, then the defaults for the generator's kind
+    and the target's category (`algorithms.base.default_values`), then overrides."""
+    return dataclasses.asdict(make_params(get_algorithm(algorithm), overrides, category, kind))
 
 
 def module_states(generator, keys) -> dict[str, torch.Tensor]:

@@ -227,8 +227,8 @@ def test_bad_hyperparameters_name_key_type_and_range():
         make_params(cls, {"lr": "5"})
     with pytest.raises(UsageError, match="esd.steps='many' is not a valid int"):
         make_params(cls, {"steps": "many"})
-    with pytest.raises(UsageError, match="valid: full, xattn, noxattn, xattn-kv"):
-        make_params(cls, {"train_method": "attn"})
+    with pytest.raises(UsageError, match="valid: full, xattn, noxattn, xattn-kv, attn"):
+        make_params(cls, {"train_method": "attention"})
 
 
 def test_a_category_an_algorithm_cannot_handle_is_refused(world):
@@ -262,3 +262,131 @@ def test_category_defaults_sit_under_user_overrides():
     assert (make_params(Tuned, {}, "sensitive").lr, make_params(Tuned, {}, "sensitive").steps) == (5e-5, 7)
     assert make_params(Tuned, {"lr": "1e-3"}, "sensitive").lr == 1e-3
     assert Tuned.describe()["category_defaults"] == {"sensitive": {"lr": 5e-5, "steps": 7}}
+
+
+# --- which defaults apply: world-rescaled on the world, official on Stable Diffusion ----------------
+
+# Today's world defaults, written out: the world's figures depend on exactly these.
+WORLD_DEFAULTS = {
+    ("esd", "object"): {"lr": 1e-4, "steps": 200, "batch_size": 4, "train_method": "xattn", "ddim_steps": 10,
+                        "start_guidance": 2.0, "reference": "unconditional"},
+    ("esd", "sensitive"): {"lr": 2e-4, "reference": "anchor", "train_method": "xattn"},
+    ("ca", "object"): {"lr": 4e-4, "steps": 150, "anchor": "pseudo", "prior_preservation": True},
+    ("ca", "sensitive"): {"lr": 1e-3, "anchor": "anchor"},
+    ("salun", "style"): {"lr": 3e-5, "steps": 150, "alpha": 1.0, "threshold": 0.5},
+    ("erasediff", "object"): {"lr": 3e-5, "steps": 150, "lambda_bome": 1.0},
+    ("uce", "object"): {"guide": "pseudo", "preserve_scale": 0.3, "lamb": 0.1},
+}
+OFFICIAL_SD = {
+    ("esd", "object"): {"lr": 1e-5, "steps": 1000, "batch_size": 1, "negative_guidance": 1.0, "start_guidance": 3.0,
+                        "ddim_steps": 50, "train_method": "noxattn", "reference": "unconditional"},
+    ("esd", "style"): {"train_method": "xattn"},
+    ("esd", "sensitive"): {"train_method": "noxattn", "lr": 1e-5},
+    ("esd", "celebrity"): {"train_method": "xattn"},
+    ("ca", "object"): {"lr": 8e-6, "steps": 200, "batch_size": 4, "train_method": "xattn-kv", "anchor": "anchor",
+                       "prior_preservation": False, "anchor_images": 200},
+    ("ca", "sensitive"): {"lr": 1.6e-5, "steps": 400, "train_method": "attn"},
+    ("salun", "object"): {"lr": 1e-5, "batch_size": 8, "threshold": 0.5, "alpha": 0.1, "mask_guidance": 7.5,
+                          "steps": 500, "train_method": "full"},
+    ("salun", "sensitive"): {"steps": 100},
+    ("erasediff", "object"): {"lr": 1e-5, "k_steps": 2, "lambda_bome": 0.1, "batch_size": 8, "train_method": "full"},
+    ("erasediff", "sensitive"): {"train_method": "noxattn"},
+    ("uce", "style"): {"erase_scale": 1.0, "preserve_scale": 1.0, "lamb": 0.5, "guide": "anchor"},
+}
+
+
+def chosen(params, expected: dict) -> dict:
+    return {k: getattr(params, k) for k in expected}
+
+
+@pytest.mark.parametrize("name, category", sorted(WORLD_DEFAULTS))
+def test_world_kinds_keep_the_world_defaults(name, category):
+    cls = ALGORITHMS[name]
+    expected = WORLD_DEFAULTS[(name, category)]
+    for kind in (None, WorldTextToImage):
+        assert chosen(make_params(cls, {}, category, kind), expected) == expected
+    assert make_params(cls, {}, category, WorldTextToImage) == make_params(cls, {}, category)
+
+
+@pytest.mark.parametrize("name, category", sorted(OFFICIAL_SD))
+def test_stable_diffusion_gets_the_official_defaults(name, category):
+    expected = OFFICIAL_SD[(name, category)]
+    assert chosen(make_params(ALGORITHMS[name], {}, category, StableDiffusion), expected) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("kind", [None, WorldTextToImage, StableDiffusion])
+def test_user_overrides_win_on_every_kind(kind):
+    for category in ("object", "style", "sensitive"):
+        params = make_params(ALGORITHMS["esd"], {"lr": "3e-3", "train_method": "full"}, category, kind)
+        assert (params.lr, params.train_method) == (3e-3, "full")
+        assert make_params(ALGORITHMS["ca"], {"steps": 7}, category, kind).steps == 7
+
+
+@pytest.mark.parametrize("name", SD_ALGORITHMS)
+def test_every_stable_diffusion_algorithm_has_valid_official_defaults(name):
+    """The contract: official values name Params fields and sit within their declared ranges
+    (`make_params` coerces and range-checks them), for every category the algorithm handles."""
+    cls = ALGORITHMS[name]
+    fields = {f.name for f in dataclasses.fields(cls.Params)}
+    assert cls.official_defaults, f"{name} declares no official defaults for Stable Diffusion"
+    assert set(cls.official_defaults) <= fields
+    assert set(cls.official_category_defaults) <= set(cls.categories)
+    for category in cls.categories:
+        layered = {**cls.official_defaults, **cls.official_category_defaults.get(category, {})}
+        assert set(layered) <= fields
+        assert chosen(make_params(cls, {}, category, StableDiffusion), layered) == layered
+
+
+def test_describe_shows_official_defaults_beside_the_category_defaults():
+    described = ALGORITHMS["esd"].describe()
+    assert described["category_defaults"] == {"sensitive": {"reference": "anchor", "lr": 2e-4}}
+    assert described["official_defaults"]["lr"] == 1e-5
+    assert described["official_category_defaults"]["style"] == {"train_method": "xattn"}
+
+
+def test_build_unlearner_and_resolved_params_follow_the_generator_kind(tiny_sd_dir, world):
+    from igmu.run import resolved_params
+
+    sd = load(str(tiny_sd_dir), device="cpu")
+    assert build_unlearner("esd", sd, "a photo of a cat", {}, anchor="").params.lr == 1e-5
+    assert build_unlearner("esd", world, "ball", {}).params.lr == 1e-4
+    assert resolved_params("esd", {}, "object", StableDiffusion)["steps"] == 1000
+    assert resolved_params("esd", {}, "object")["steps"] == 200
+
+
+def test_kinds_are_looked_up_by_the_name_trial_settings_record():
+    from igmu.models.loader import kind_named
+
+    assert all(kind_named(kind.name) is kind for kind in ALL_KINDS)
+    assert kind_named(None) is None
+    with pytest.raises(UsageError, match="unknown generator kind"):
+        kind_named("nope")
+
+
+def test_attn_parameter_set_is_every_attention_projection(tiny_sd_dir):
+    from igmu.algorithms.common import select_parameters
+
+    sd = load(str(tiny_sd_dir), device="cpu")
+    names = set(select_parameters(sd.unet, "attn"))
+    assert names and all(any(p in n for p in ("to_q", "to_k", "to_v", "to_out")) for n in names)
+    assert any("attn1" in n for n in names) and any("attn2" in n for n in names)
+
+
+# --- categories: real-model categories use the task's own prompts ----------------------------------
+
+@pytest.mark.parametrize("category", ["sensitive", "object", "style", "celebrity", "prompt"])
+def test_stable_diffusion_tasks_use_the_given_prompts_in_every_category(category):
+    from igmu.algorithms.task import prompt_task
+
+    task = prompt_task("a photo of Brad Pitt", category, anchor="a photo of a man")
+    assert task.forget_prompts == ("a photo of Brad Pitt",)
+    assert task.anchor_prompts == task.pseudo_prompts == ("a photo of a man",)
+    assert all(category in ALGORITHMS[name].categories for name in SD_ALGORITHMS)
+
+
+@pytest.mark.slow
+def test_a_celebrity_target_runs_on_stable_diffusion(tiny_sd_dir):
+    sd = load(str(tiny_sd_dir), device="cpu")
+    esd = build_unlearner("esd", sd, "Brad Pitt", tiny_overrides("esd", steps=1), category="celebrity", anchor="a man")
+    assert esd.task.category == "celebrity" and esd.params.train_method == "xattn"
+    assert len(run_unlearning(esd)) == 1

@@ -68,6 +68,8 @@ def test_algorithms_lists_the_registry():
     rows = json.loads(igmu("algorithms", "--json").stdout)
     assert [r["name"] for r in rows] == sorted(ALGORITHMS)
     assert all(r["hyperparameters"] and r["paper"] for r in rows)
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["esd"]["official_defaults"]["lr"] == 1e-5 and "official_category_defaults" in by_name["esd"]
 
 
 TINY_RUN = {"esd": ["steps=2", "ddim_steps=4"], "salun": ["steps=2", "forget_images=4", "retain_images=4"],

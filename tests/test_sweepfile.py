@@ -399,3 +399,21 @@ def test_base_cycle_is_an_error(tmp_path):
     message = usage_error(path)
     assert message.startswith(f"{tmp_path / 'a.yaml'}:1: base: "), message
     assert "cycle" in message
+
+
+@pytest.mark.parametrize("model, target, steps, kind", [("base", "ball", 200, "world"),
+                                                          (None, "a photo of a cat", 1000, "sd")])
+def test_sweeps_resolve_defaults_for_their_model_kind(tmp_path, tiny_sd_dir, model, target, steps, kind):
+    """A sweep's default step budget (its ASHA max_t) follows the kind's defaults (official ones on
+    Stable Diffusion), and every trial's settings name the kind so tracking resolves the same."""
+    from igmu.models.loader import kind_named
+    from igmu.run import resolved_params
+    from igmu.sweep.engine import algorithm_steps, sweep_category, trial_settings
+
+    text = f"name: kinds\nmodel: {model or tiny_sd_dir}\ntarget: {target}\nalgorithm: esd\nparams:\n  lr: 1e-4\n"
+    config = load_sweep(write(tmp_path, text))
+    assert algorithm_steps(config, "esd") == steps
+    settings = trial_settings(config, tmp_path)
+    assert settings["kind"] == kind
+    assert resolved_params("esd", {}, settings["category"], kind_named(settings["kind"]))["steps"] == steps
+    assert settings["category"] == sweep_category(config)

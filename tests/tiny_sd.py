@@ -7,33 +7,12 @@ from pathlib import Path
 
 import torch
 
-
-def _byte_level_alphabet() -> list[str]:
-    # GPT-2/CLIP byte-to-unicode table: every byte maps to one printable character.
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    chars, extra = printable[:], 0
-    for b in range(256):
-        if b not in printable:
-            chars.append(256 + extra)
-            extra += 1
-    return [chr(c) for c in chars]
+from igmu.models.random_sd import write_clip_tokenizer
 
 
-def write_clip_tokenizer(folder: Path, max_length: int = 16) -> None:
-    """A character-level CLIP BPE tokenizer (every character a token, no merges)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    alphabet = _byte_level_alphabet()
-    tokens = ["<|startoftext|>", "<|endoftext|>"] + alphabet + [c + "</w>" for c in alphabet]
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    from transformers import CLIPTokenizer
-
-    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=max_length)
-    tokenizer.save_pretrained(folder)
-
-
-def build_tiny_sd(folder: Path, seed: int = 0) -> Path:
-    """Save a tiny random SD (UNet2DConditionModel, AutoencoderKL, CLIPTextModel) in diffusers layout."""
+def build_tiny_sd(folder: Path, seed: int = 0, prediction_type: str = "epsilon") -> Path:
+    """Save a tiny random SD (UNet2DConditionModel, AutoencoderKL, CLIPTextModel) in diffusers layout;
+    `prediction_type` "v_prediction" makes it an SD 2.x-style v-prediction model."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -51,7 +30,8 @@ def build_tiny_sd(folder: Path, seed: int = 0) -> Path:
                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
                         norm_num_groups=8, sample_size=16)
     scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear",
-                              beta_start=0.00085, beta_end=0.012, clip_sample=False)
+                              beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                              prediction_type=prediction_type)
     text.save_pretrained(folder / "text_encoder", safe_serialization=True)
     unet.save_pretrained(folder / "unet", safe_serialization=True)
     vae.save_pretrained(folder / "vae", safe_serialization=True)

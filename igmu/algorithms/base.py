@@ -44,19 +44,27 @@ class Unlearner:
     name: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     repo: ClassVar[str] = ""
-    categories: ClassVar[tuple[str, ...]] = ("object", "style", "sensitive", "character")
+    # World targets are objects, styles, characters and the sensitive hazard badge; a real model's
+    # targets are sensitive (nudity), object, style, celebrity, or a plain prompt.
+    categories: ClassVar[tuple[str, ...]] = ("object", "style", "sensitive", "character", "celebrity", "prompt")
     # The kinds of generator (igmu.models.kinds) the algorithm can edit, declared in its own file.
     # Commands load the model an algorithm needs from this, and tests pick their fixtures by it.
     generator_kinds: ClassVar[tuple[type[GeneratorKind], ...]] = ()
     Params: ClassVar[type] = CommonParams
-    # Defaults that differ by target category, as the papers themselves choose them (e.g. ESD-u for
-    # nudity and objects, ESD-x for styles). Applied under the user's overrides by `make_params`.
+    # Defaults on world kinds that differ by target category, measured on the world model (e.g. a
+    # faster rate for the small hazard badge). Applied under the user's overrides by `make_params`.
     category_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
     # How the result exports: True when the changed weights alone carry the unlearning, so a saved
     # Stable Diffusion model is a stock diffusers pipeline. False for methods that change the sampler
     # or keep adapters apart: their saved folders name igmu's pipeline and stock loaders refuse them,
     # since loading the weights alone would silently give back a model that was never erased.
     stock_weights: ClassVar[bool] = True
+    # On kinds that use official defaults (`GeneratorKind.uses_official_defaults`: Stable Diffusion),
+    # the official code's values for SD 1.x replace the world-rescaled `Params` defaults ...
+    official_defaults: ClassVar[dict[str, Any]] = {}
+    # ... and the papers' own per-category choices (e.g. ESD-u for nudity and objects, ESD-x for
+    # styles) replace `category_defaults`.
+    official_category_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, generator: Generator, task: UnlearningTask, params=None, seed: int = 0):
         if generator.kind not in self.generator_kinds:
@@ -139,7 +147,13 @@ class Unlearner:
                 "generator_kinds": [kind.name for kind in cls.generator_kinds], "stock_weights": cls.stock_weights,
                 "doc": (cls.__doc__ or "").strip().splitlines()[0],
                 "hyperparameters": [describe_field(f, cls.Params) for f in dataclasses.fields(cls.Params)],
-                "category_defaults": {k: dict(v) for k, v in cls.category_defaults.items()}}
+                "category_defaults": _copied(cls.category_defaults),
+                "official_defaults": dict(cls.official_defaults),
+                "official_category_defaults": _copied(cls.official_category_defaults)}
+
+
+def _copied(by_category: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {category: dict(values) for category, values in by_category.items()}
 
 
 def describe_field(f: dataclasses.Field, params_cls: type) -> dict:
@@ -188,19 +202,30 @@ def kinds_edited_by(names) -> tuple[type[GeneratorKind], ...]:
     return tuple(dict.fromkeys(kind for name in names for kind in get_algorithm(name).generator_kinds))
 
 
-def make_params(cls: type[Unlearner], overrides: dict[str, Any], category: str | None = None):
+def make_params(cls: type[Unlearner], overrides: dict[str, Any], category: str | None = None,
+                kind: type[GeneratorKind] | None = None):
     """Build `cls.Params` from overrides (strings from the CLI or typed values from a sweep), on top
-    of the algorithm's defaults for the target's category when one is given."""
+    of the defaults for the generator's kind and the target's category (`default_values`)."""
     fields = {f.name: f for f in dataclasses.fields(cls.Params)}
     hints = typing.get_type_hints(cls.Params)
     values = {}
-    for key, raw in {**cls.category_defaults.get(category, {}), **overrides}.items():
+    for key, raw in {**default_values(cls, category, kind), **overrides}.items():
         if key not in fields:
             closest = difflib.get_close_matches(key, list(fields), n=1)
             hint = f" (did you mean {closest[0]}?)" if closest else ""
             raise UsageError(f"unknown hyperparameter {key!r} for {cls.name}{hint}; valid: {', '.join(fields)}")
         values[key] = coerce(cls.name, key, raw, hints[key], fields[key])
     return cls.Params(**values)
+
+
+def default_values(cls: type[Unlearner], category: str | None = None,
+                   kind: type[GeneratorKind] | None = None) -> dict[str, Any]:
+    """What replaces `cls.Params`' own defaults before the user's overrides: on a kind that uses
+    official defaults, the official values and the official ones for the category; on a world kind
+    (or no kind), the world-measured ones for the category."""
+    if kind is not None and kind.uses_official_defaults:
+        return {**cls.official_defaults, **cls.official_category_defaults.get(category, {})}
+    return dict(cls.category_defaults.get(category, {}))
 
 
 def coerce(algorithm: str, key: str, raw: Any, kind, f: dataclasses.Field):

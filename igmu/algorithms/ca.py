@@ -17,12 +17,21 @@ from igmu.algorithms.base import (
 from igmu.algorithms.common import ParameterSet, noised, pick, prompt_images
 from igmu.models.text_to_image import TEXT_TO_IMAGE
 
+# The official batch on one GPU. `--scale_lr` multiplies the base learning rate by batch x GPUs, so
+# the official rates below are the base rates times this (one GPU).
+OFFICIAL_BATCH = 4
+OFFICIAL_BASE_LR = 2e-6
+
 
 @dataclass
 class CAParams(CommonParams):
-    """Official: lr 2e-6 x batch x GPUs (scale_lr), batch 4, 100 steps on 2 GPUs (200 on one),
-    AdamW, cross-attn k/v, 200-1000 anchor images, prior loss weight 1. Rescaled for the world
-    model: lr 4e-4, 150 steps, batch 8, 48 anchor images, prior preservation on."""
+    """The defaults below are rescaled for the world model: lr 4e-4, 150 steps, batch 8, 48 anchor
+    images, prior preservation on. On Stable Diffusion `ConceptAblation.official_defaults` apply
+    instead (diffusers/train.py and its README, SD 1.4): base lr 2e-6 scaled as `--scale_lr` does
+    (x batch 4 x 1 GPU = 8e-6), batch 4, 200 steps (the README's count for one GPU; 100 on two),
+    model-based loss, cross-attn k/v, 200 anchor images (`num_class_images`' default; the paper
+    used 1000), prior preservation off (the README adds it for one instance only; weight 1).
+    The official optimiser is AdamW (weight decay 1e-2); here it is the shared Adam."""
 
     lr: float = hyperparameter(4e-4, 1e-7, 1e-1, "Adam learning rate", log=True)
     steps: int = hyperparameter(150, 1, 100_000, "optimisation steps")
@@ -50,6 +59,11 @@ class ConceptAblation(Unlearner):
     # forgetting 0.750 -> 0.979); the hazard badge needs a faster rate (forgetting 0.708 -> 0.833).
     # Measurements in docs/benchmarks.md.
     category_defaults = {"object": {"anchor": "pseudo"}, "sensitive": {"lr": 1e-3}}
+    official_defaults = {"lr": OFFICIAL_BASE_LR * OFFICIAL_BATCH, "steps": 200, "batch_size": OFFICIAL_BATCH,
+                         "loss_type": "model", "train_method": "xattn-kv", "prior_preservation": False,
+                         "prior_loss_weight": 1.0, "anchor_images": 200, "anchor": "anchor"}
+    # Nudity: base lr 4e-6 (scaled the same way), 400 steps, all attention projections.
+    official_category_defaults = {"sensitive": {"lr": 4e-6 * OFFICIAL_BATCH, "steps": 400, "train_method": "attn"}}
 
     def prepare(self) -> None:
         task = self.task
@@ -60,27 +74,28 @@ class ConceptAblation(Unlearner):
 
     def draw(self) -> dict:
         chosen = pick(tuple(self.anchor.index), self.params.batch_size, self.rng)
-        x_t, t, noise = noised(self.generator, self.anchor.latents[chosen], self.rng)
+        x_t, t, target = noised(self.generator, self.anchor.latents[chosen], self.rng)
         ids = [self.anchor.index[i] for i in chosen]
-        return {"x_t": x_t, "t": t, "noise": noise,
+        return {"x_t": x_t, "t": t, "diffusion_target": target,
                 "target": [self.task.forget_prompts[i] for i in ids],
                 "anchor": [self.anchor_prompts[i] for i in ids]}
 
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
         """model-based: || eps_theta(x_t, c*) - sg[eps_theta(x_t, c)] ||^2; noise-based: target = eps.
-        Prior preservation adds || eps_theta(x_t, c) - eps ||^2 on the same anchor images."""
+        Prior preservation adds || eps_theta(x_t, c) - eps ||^2 on the same anchor images. (On a
+        v-prediction model eps is the velocity: `diffusion_target` is `Generator.training_target`.)"""
         gen, x_t, t = self.generator, batch["x_t"], batch["t"]
         anchor_emb = gen.encode_prompt(batch["anchor"])
         if self.params.loss_type == "model":
             with torch.no_grad():
                 target = gen.unet(x_t, t, encoder_hidden_states=anchor_emb).sample
         else:
-            target = batch["noise"]
+            target = batch["diffusion_target"]
         predicted = gen.unet(x_t, t, encoder_hidden_states=gen.encode_prompt(batch["target"])).sample
         out = {"ablation_loss": F.mse_loss(predicted, target)}
         if self.params.prior_preservation:
             prior = gen.unet(x_t, t, encoder_hidden_states=anchor_emb).sample
-            out["prior_loss"] = F.mse_loss(prior, batch["noise"])
+            out["prior_loss"] = F.mse_loss(prior, batch["diffusion_target"])
         return out
 
     def step(self) -> dict[str, float]:

@@ -12,12 +12,15 @@ import torch.nn.functional as F
 
 from igmu.models.text_to_image import Generator
 
-ParameterSet = Literal["full", "xattn", "noxattn", "xattn-kv"]
-PARAMETER_SETS: tuple[str, ...] = ("full", "xattn", "noxattn", "xattn-kv")
+ParameterSet = Literal["full", "xattn", "noxattn", "xattn-kv", "attn"]
+PARAMETER_SETS: tuple[str, ...] = ("full", "xattn", "noxattn", "xattn-kv", "attn")
+# CA's `attn` parameter group: every attention projection, self- and cross-attention alike.
+ATTENTION_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out")
 
 
 def is_selected(name: str, which: str) -> bool:
-    """ESD's naming, which ports unchanged from CompVis to diffusers: attn2 = cross-attention."""
+    """ESD's naming, which ports unchanged from CompVis to diffusers: attn2 = cross-attention;
+    `attn` is CA's group of all attention projections (its nudity recipe)."""
     if which == "full":
         return True
     if which == "xattn":
@@ -26,6 +29,8 @@ def is_selected(name: str, which: str) -> bool:
         return "attn2.to_k" in name or "attn2.to_v" in name
     if which == "noxattn":
         return "attn2" not in name
+    if which == "attn":
+        return any(projection in name for projection in ATTENTION_PROJECTIONS)
     raise ValueError(f"unknown parameter set {which!r}; valid: {', '.join(PARAMETER_SETS)}")
 
 
@@ -99,16 +104,18 @@ def training_images(generator: Generator, prompts: list[str], seed: int) -> torc
 
 
 def noised(generator: Generator, clean: torch.Tensor, rng: torch.Generator):
-    """(x_t, t, epsilon) for random timesteps: the forward process q(x_t | x_0)."""
+    """(x_t, t, target) for random timesteps: the forward process q(x_t | x_0), and what the UNet
+    regresses on at x_t (`Generator.training_target`: epsilon, or the velocity for v-prediction)."""
     noise = torch.randn(clean.shape, generator=rng).to(clean)
     t = torch.randint(0, generator.scheduler.config.num_train_timesteps, (len(clean),), generator=rng)
     t = t.to(clean.device)
-    return generator.scheduler.add_noise(clean, noise, t), t, noise
+    return generator.scheduler.add_noise(clean, noise, t), t, generator.training_target(clean, noise, t)
 
 
 def diffusion_loss(generator: Generator, clean: torch.Tensor, prompts: list[str], rng: torch.Generator,
                    unet: torch.nn.Module | None = None) -> torch.Tensor:
-    """L_DM = E ||epsilon - epsilon_theta(x_t, c, t)||^2, the standard denoising loss."""
-    x_t, t, noise = noised(generator, clean, rng)
+    """L_DM = E ||epsilon - epsilon_theta(x_t, c, t)||^2, the standard denoising loss (with the
+    velocity in place of epsilon on v-prediction models)."""
+    x_t, t, target = noised(generator, clean, rng)
     unet = unet or generator.unet
-    return F.mse_loss(unet(x_t, t, encoder_hidden_states=generator.encode_prompt(prompts)).sample, noise)
+    return F.mse_loss(unet(x_t, t, encoder_hidden_states=generator.encode_prompt(prompts)).sample, target)

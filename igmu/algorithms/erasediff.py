@@ -22,11 +22,20 @@ from igmu.algorithms.common import (
 )
 from igmu.models.text_to_image import TEXT_TO_IMAGE
 
+# The official recipe: 5 epochs at batch 8 over the NSFW forget set SalUn generates (800 images).
+OFFICIAL_EPOCHS = 5
+OFFICIAL_BATCH = 8
+OFFICIAL_IMAGES = 800
+
 
 @dataclass
 class EraseDiffParams(CommonParams):
-    """Official: lr 1e-5, 5 epochs, K_steps 2, lambda_bome 0.1 (scripts 1.0), batch 8, full UNet
-    (noxattn for NSFW). Rescaled for the world model: lr 1e-4, 150 steps, lambda 1.0."""
+    """The defaults below are rescaled for the world model: lr 1e-4, 150 steps, lambda 1.0. On Stable
+    Diffusion `EraseDiff.official_defaults` apply instead (sd/train_scripts/erasediff_nsfw.py and
+    train_nsfw.sh, SD 1.4): lr 1e-5, K_steps 2, lambda_bome 0.1 (argparse; the scripts pass 1.0),
+    batch 8 (the scripts pass 16), full UNet (noxattn for nudity), 5 epochs over SalUn's 800 forget
+    images at batch 8 (500 steps), 800 retain images. The official inner steps reuse the outer
+    Adam at the same lr; here they are SGD, at that lr."""
 
     lr: float = hyperparameter(1e-4, 1e-7, 1e-1, "Adam learning rate (outer update)", log=True)
     inner_lr: float = hyperparameter(1e-4, 1e-7, 1e-1, "SGD learning rate of the K inner steps", log=True)
@@ -51,6 +60,10 @@ class EraseDiff(Unlearner):
     # Objects fill most of a world image, so full-UNet updates at 1e-4 erase the neighbours too (ball:
     # preservation 0.732 of the original's); 3e-5 keeps 0.885 at forgetting 0.979 (docs/benchmarks.md).
     category_defaults = {"object": {"lr": 3e-5}}
+    official_defaults = {"lr": 1e-5, "inner_lr": 1e-5, "steps": OFFICIAL_EPOCHS * OFFICIAL_IMAGES // OFFICIAL_BATCH,
+                         "batch_size": OFFICIAL_BATCH, "train_method": "full", "k_steps": 2, "lambda_bome": 0.1,
+                         "forget_images": OFFICIAL_IMAGES, "retain_images": OFFICIAL_IMAGES}
+    official_category_defaults = {"sensitive": {"train_method": "noxattn"}}
 
     def prepare(self) -> None:
         p, task = self.params, self.task

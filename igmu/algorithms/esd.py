@@ -20,9 +20,12 @@ from igmu.models.text_to_image import TEXT_TO_IMAGE
 
 @dataclass
 class ESDParams(CommonParams):
-    """Official legacy defaults: lr 1e-5, 1000 iterations, eta 1, batch 1, start guidance 3, 50 DDIM
-    steps. Rescaled for the world model (2.7M parameters, 10-step sampler at guidance 2): lr 1e-4,
-    200 steps, batch 4, 10 DDIM steps; `train_method` xattn is ESD-x, noxattn is ESD-u.
+    """The defaults below are rescaled for the world model (2.7M parameters, 10-step sampler at
+    guidance 2): lr 1e-4, 200 steps, batch 4, 10 DDIM steps; `train_method` xattn is ESD-x, noxattn
+    is ESD-u. On Stable Diffusion `ESD.official_defaults` apply instead, the legacy CompVis script's
+    (train-esd.py): lr 1e-5, 1000 iterations, eta 1, batch 1, start guidance 3, 50 DDIM steps, the
+    empty prompt as reference; ESD-x (the current esd_sd.py's default) unless the paper's category
+    choice says otherwise (ESD-u for nudity and objects, ESD-x for styles).
     `reference`: the paper trains on the concept's bare name ("nudity"), so its unconditional
     epsilon*(x_t) is the concept removed. World prompts are composite ("a ember ball with a hazard
     mark"); there the prompt without the target plays that role, and the push is along the concept
@@ -56,6 +59,14 @@ class ESD(Unlearner):
     # preservation before the badge was gone (forgetting 0.604); along the badge's own direction,
     # at twice the rate, forgetting is 0.833 with preservation at the original's (docs/benchmarks.md).
     category_defaults = {"sensitive": {"reference": "anchor", "lr": 2e-4}}
+    # Legacy train-esd.py (commit a2189e9) and the paper, for SD 1.4.
+    official_defaults = {"lr": 1e-5, "steps": 1000, "batch_size": 1, "negative_guidance": 1.0,
+                         "start_guidance": 3.0, "ddim_steps": 50, "train_method": "xattn",
+                         "reference": "unconditional"}
+    # The paper: ESD-u (all but cross-attention) for nudity and for Imagenette objects, ESD-x for
+    # artistic styles. It erases no celebrities, so they (and plain prompts) keep the ESD-x default.
+    official_category_defaults = {"sensitive": {"train_method": "noxattn"}, "object": {"train_method": "noxattn"},
+                                  "style": {"train_method": "xattn"}}
 
     def prepare(self) -> None:
         self.frozen_unet = frozen_copy(self.generator.unet)

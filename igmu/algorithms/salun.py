@@ -24,12 +24,21 @@ from igmu.algorithms.common import (
 )
 from igmu.models.text_to_image import TEXT_TO_IMAGE
 
+# The NSFW recipe's image sets (800 generated forget and 800 retain images) at batch 8: one epoch is
+# 100 steps, and the class-forgetting scripts train 5 epochs.
+OFFICIAL_IMAGES = 800
+OFFICIAL_STEPS_PER_EPOCH = OFFICIAL_IMAGES // 8
+OFFICIAL_EPOCHS = 5
+
 
 @dataclass
 class SalUnParams(CommonParams):
-    """Official (SD): Adam lr 1e-5, 5 epochs, batch 8, full UNet, alpha 0.1 (README command 0.5),
-    mask threshold 0.5, mask CFG 7.5. Rescaled for the world model: lr 3e-5, 150 steps, alpha 1.0;
-    forget/retain images are the original model's samples (as SalUn's NSFW recipe does)."""
+    """The defaults below are rescaled for the world model: lr 3e-5, 150 steps, alpha 1.0; forget/
+    retain images are the original model's samples (as SalUn's NSFW recipe does). On Stable
+    Diffusion `SalUn.official_defaults` apply instead (SD/train-scripts, SD 1.4): Adam lr 1e-5,
+    batch 8, full UNet, alpha 0.1 (the README command uses 0.5), mask threshold 0.5, mask CFG 7.5,
+    the NSFW recipe's 800 forget and 800 retain images, and 5 epochs of 800 / 8 = 100 steps (500
+    steps; 1 epoch, 100 steps, for nudity)."""
 
     lr: float = hyperparameter(3e-5, 1e-7, 1e-1, "Adam learning rate", log=True)
     steps: int = hyperparameter(150, 1, 100_000, "optimisation steps")
@@ -50,6 +59,11 @@ class SalUn(Unlearner):
     paper = "Fan et al., SalUn: Empowering Machine Unlearning via Gradient-based Weight Saliency, ICLR 2024"
     repo = "https://github.com/OPTML-Group/Unlearn-Saliency"
     Params = SalUnParams
+    official_defaults = {"lr": 1e-5, "steps": OFFICIAL_EPOCHS * OFFICIAL_STEPS_PER_EPOCH, "batch_size": 8,
+                         "train_method": "full", "alpha": 0.1, "threshold": 0.5, "mask_guidance": 7.5,
+                         "forget_images": OFFICIAL_IMAGES, "retain_images": OFFICIAL_IMAGES}
+    # nsfw_removal.py trains one epoch.
+    official_category_defaults = {"sensitive": {"steps": OFFICIAL_STEPS_PER_EPOCH}}
 
     def prepare(self) -> None:
         p, task = self.params, self.task
@@ -65,10 +79,10 @@ class SalUn(Unlearner):
         for start in range(0, len(self.forget.latents), self.params.batch_size):
             clean = self.forget.latents[start:start + self.params.batch_size]
             prompts = [self.task.forget_prompts[i] for i in self.forget.index[start:start + len(clean)]]
-            x_t, t, noise = noised(gen, clean, self.rng)
+            x_t, t, target = noised(gen, clean, self.rng)
             cond = gen.unet(x_t, t, encoder_hidden_states=gen.encode_prompt(prompts)).sample
             uncond = gen.unet(x_t, t, encoder_hidden_states=gen.encode_prompt([""] * len(clean))).sample
-            loss = -F.mse_loss(noise, (1 + w) * cond - w * uncond)
+            loss = -F.mse_loss(target, (1 + w) * cond - w * uncond)
             gen.unet.zero_grad(set_to_none=True)
             loss.backward()
             for name, param in self.trained.items():

@@ -13,9 +13,12 @@ from igmu.models.text_to_image import TEXT_TO_IMAGE
 
 @dataclass
 class UCEParams:
-    """Official defaults: erase_scale 1, preserve_scale 1, lamb 0.5, guide '' (or 'art').
-    UnlearnCanvas uses erase 0.05 / lamb 1 for styles and 0.01 / lamb 10 for objects; the world
-    model's 64-d text space needs a stronger erase, so its defaults are erase 1, preserve 0.3, lamb 0.1."""
+    """The defaults below are for the world model, whose 64-d text space needs a stronger erase:
+    erase 1, preserve 0.3, lamb 0.1. On Stable Diffusion `UCE.official_defaults` apply instead
+    (trainscripts/uce_sd_erase.py): erase_scale 1, preserve_scale 1, lamb 0.5, guided to the anchor
+    prompt (the official guide is '', which is the anchor an SD task has unless the user names one).
+    UnlearnCanvas's settings (erase 0.05 / lamb 1 for styles, 0.01 / lamb 10 for objects) are for its
+    fine-tuned SD 1.5, not the paper's, so they are not official category defaults."""
 
     erase_scale: float = hyperparameter(1.0, 0.0, 100.0, "s_e: weight of the erase constraints")
     preserve_scale: float = hyperparameter(0.3, 0.0, 100.0, "s_p: weight of the preserve constraints")
@@ -56,6 +59,7 @@ class UCE(Unlearner):
     # An object guided to the scene without it still shows some object; guided to a neighbour object
     # it is replaced (ball at the full budget: forgetting 0.688 -> 0.979, preservation unchanged).
     category_defaults = {"object": {"guide": "pseudo"}}
+    official_defaults = {"erase_scale": 1.0, "preserve_scale": 1.0, "lamb": 0.5, "guide": "anchor"}
 
     @property
     def total_steps(self) -> int:

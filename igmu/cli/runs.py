@@ -79,10 +79,17 @@ def algorithms_command(as_json: bool) -> None:
                 valid = hp.get("choices") or hp.get("range")
                 click.echo(f"    {hp['name']:<18} {hp['type']:<7} default={hp['default']!s:<10} valid={valid}  {hp['doc']}")
             for category, defaults in item["category_defaults"].items():
-                shown = ", ".join(f"{k}={v}" for k, v in defaults.items())
-                click.echo(f"    defaults for {category} targets: {shown}")
+                click.echo(f"    defaults for {category} targets: {_shown(defaults)}")
+            if item["official_defaults"]:
+                click.echo(f"    official defaults (Stable Diffusion): {_shown(item['official_defaults'])}")
+            for category, defaults in item["official_category_defaults"].items():
+                click.echo(f"    official defaults for {category} targets: {_shown(defaults)}")
 
     emit(rows, as_json, table)
+
+
+def _shown(values: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in values.items())
 
 
 @click.command("run")

@@ -58,7 +58,8 @@ def attack_embeddings(generator: Generator, prompts: list[str], reference_images
             noisy = generator.scheduler.add_noise(clean, noise, t)
             with _prefix_embeddings(generator, prefix):
                 embeddings = generator.text_encoder(ids)[0]
-            loss = F.mse_loss(generator.unet(noisy, t, encoder_hidden_states=embeddings).sample, noise)
+            target = generator.training_target(clean, noise, t)
+            loss = F.mse_loss(generator.unet(noisy, t, encoder_hidden_states=embeddings).sample, target)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -50,6 +50,10 @@ class GeneratorKind:
     world_concepts: ClassVar[bool] = False
     # The folder `--model base` loads, under the assets folder; None: this kind ships no model.
     shipped_folder_name: ClassVar[str | None] = None
+    # Which hyperparameter defaults an algorithm runs with on this kind (`algorithms.base.make_params`):
+    # False: the defaults rescaled for the world model (each algorithm's `Params` and `category_defaults`);
+    # True: the official code's defaults for a real model (`official_defaults`, `official_category_defaults`).
+    uses_official_defaults: ClassVar[bool] = False
 
     @classmethod
     def recognises(cls, folder: Path) -> bool:

@@ -28,6 +28,17 @@ def kind_of(model: str, kinds=ALL_KINDS) -> type[GeneratorKind]:
     return found
 
 
+def kind_named(name: str | None) -> type[GeneratorKind] | None:
+    """The kind whose `name` this is (as trial settings record it); None for no name, which
+    settings written before kinds were recorded have."""
+    if name is None:
+        return None
+    found = [kind for kind in ALL_KINDS if kind.name == name]
+    if not found:
+        raise UsageError(f"unknown generator kind {name!r}; valid: {kind_names(ALL_KINDS)}")
+    return found[0]
+
+
 def _shipped_kind(model: str, kinds) -> type[GeneratorKind]:
     shipped = [kind for kind in kinds if kind.shipped_folder_name]
     if not shipped:

@@ -141,6 +141,20 @@ class Generator:
         latents = torch.randn((n, *self.latent_shape), generator=generator)
         return latents.to(self.device, self.dtype) * self.scheduler.init_noise_sigma
 
+    def training_target(self, clean: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the UNet is trained to output at x_t = add_noise(clean, noise, t), as the scheduler's
+        `prediction_type` says: the noise (epsilon-prediction: SD 1.x and the world model), the
+        velocity sqrt(a_t) noise - sqrt(1 - a_t) clean (v-prediction: SD 2.x at 768 px) or the clean
+        sample. Every loss that regresses the UNet on the forward process uses this target."""
+        targets = {"epsilon": lambda: noise,
+                   "v_prediction": lambda: self.scheduler.get_velocity(clean, noise, t),
+                   "sample": lambda: clean}
+        prediction = self.scheduler.config.prediction_type
+        if prediction not in targets:
+            raise UsageError(f"scheduler prediction_type {prediction!r} is not supported; "
+                             f"valid: {', '.join(targets)}")
+        return targets[prediction]()
+
     def predict_noise(self, latents, t, embeddings, uncond=None, guidance: float = 1.0) -> torch.Tensor:
         """The UNet's noise prediction, with classifier-free guidance when `uncond` is given."""
         if uncond is None or guidance == 1.0:
@@ -323,6 +337,8 @@ class StableDiffusion(GeneratorKind):
 
     name = "sd"
     description = "Stable Diffusion (a diffusers folder or a cached hub id)"
+    # The papers' hyperparameters were chosen for SD 1.x, so SD runs use them as published.
+    uses_official_defaults = True
     # diffusers folders keep the scheduler's configuration but not how many steps to sample nor the
     # guidance scale; these are the values SD is commonly sampled with, and a `sampling.json` in
     # the folder (igmu writes one when it saves a model) replaces them.

@@ -57,7 +57,7 @@ def algorithm_steps(config: SweepConfig, name: str) -> int:
     if isinstance(steps, Distribution):
         steps = max(steps.args) if steps.kind in ("choice", "grid") else steps.args[1]
     if steps is None:
-        steps = resolved_params(name, {}, sweep_category(config)).get("steps", 1)
+        steps = resolved_params(name, {}, sweep_category(config), sweep_kind(config)).get("steps", 1)
     return max(1, int(steps))
 
 
@@ -121,7 +121,7 @@ def make_scheduler(config: SweepConfig):
 def trial_settings(config: SweepConfig, sweep_dir: Path, **extra) -> dict:
     """Fixed, JSON-safe settings every trial reads from `config['igmu']`."""
     return {"model": config.model, "target": config.target, "anchor": config.anchor, "seed": config.search.seed,
-            "category": sweep_category(config),
+            "category": sweep_category(config), "kind": sweep_kind(config).name,
             "eval_every": config.early_stop.eval_every, "interim_budget": config.eval.interim,
             "final_budget": config.eval.final, "judges": config.eval.judges, "objectives": list(config.objectives),
             "out_dir": str(sweep_dir / TRIALS_DIR), "cache_dir": str(sweep_dir / "images"),
@@ -224,6 +224,7 @@ def run_sweep(config: SweepConfig, *, address: str | None = None, storage: str |
 
 def result_rows(grid, client, experiment_id: str, parent_run_id: str) -> list[dict]:
     """One row per trial, joined with its MLflow run (found by tag, so resumed sweeps join too)."""
+    from igmu.models.loader import kind_named
     from igmu.run import resolved_params
     from igmu.sweep.space import trial_params
     from igmu.sweep.tracking import PARENT_TAG, TRIAL_TAG
@@ -235,7 +236,8 @@ def result_rows(grid, client, experiment_id: str, parent_run_id: str) -> list[di
     for result in grid:
         metrics = result.metrics or {}
         algorithm, overrides = trial_params(result.config)
-        params = resolved_params(algorithm, overrides, result.config[SETTINGS_KEY].get("category"))
+        settings = result.config[SETTINGS_KEY]
+        params = resolved_params(algorithm, overrides, settings.get("category"), kind_named(settings.get("kind")))
         run = runs.get(metrics.get("trial_id"))
         status = ERROR if result.error else (FINISHED if metrics.get(FINAL) else EARLY_STOPPED)
         rows.append(trial_row(metrics.get("trial_id"), algorithm, params, status, metrics,

@@ -98,11 +98,13 @@ class MlflowTracker(Callback):
             run_id = existing[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
         else:
+            from igmu.models.loader import kind_named
             from igmu.run import resolved_params
             from igmu.sweep.space import trial_params
 
             algorithm, overrides = trial_params(trial.config)
-            params = resolved_params(algorithm, overrides, trial.config[SETTINGS_KEY].get("category"))
+            settings = trial.config[SETTINGS_KEY]
+            params = resolved_params(algorithm, overrides, settings.get("category"), kind_named(settings.get("kind")))
             tags = {**self.tags, PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial.trial_id,
                     "algorithm": algorithm, "status": "running", "early_stopped": "false"}
             run_id = self.client.create_run(self.experiment_id, run_name=str(trial), tags=tags).info.run_id
