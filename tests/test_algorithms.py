@@ -375,12 +375,19 @@ def test_attn_parameter_set_is_every_attention_projection(tiny_sd_dir):
 # --- categories: real-model categories use the task's own prompts ----------------------------------
 
 @pytest.mark.parametrize("category", ["sensitive", "object", "style", "celebrity", "prompt"])
-def test_stable_diffusion_tasks_use_the_given_prompts_in_every_category(category):
+def test_stable_diffusion_tasks_use_the_category_prompt_sets(category):
     from igmu.algorithms.task import prompt_task
+    from igmu.prompts import shipped_prompt_sets
 
-    task = prompt_task("a photo of Brad Pitt", category, anchor="a photo of a man")
-    assert task.forget_prompts == ("a photo of Brad Pitt",)
-    assert task.anchor_prompts == task.pseudo_prompts == ("a photo of a man",)
+    validation = shipped_prompt_sets("Brad Pitt", category).split("validation").sets
+    task = prompt_task("Brad Pitt", category)
+    assert task.forget_prompts == ("Brad Pitt", *(p.text for p in validation["forget"]))
+    assert task.anchor_prompts[1:] == tuple(p.text for p in validation["forget_removed"])
+    assert task.pseudo_prompts == task.anchor_prompts  # no world-style neighbour swap on real models
+    assert task.retain_prompts == tuple(p.text for p in validation["retain"])
+    given = prompt_task("Brad Pitt", category, anchor="a man")
+    assert given.anchor_prompts[0] == "a man"
+    assert all("brad pitt" not in a.lower() for a in given.anchor_prompts)
     assert all(category in ALGORITHMS[name].categories for name in SD_ALGORITHMS)
 
 

@@ -83,11 +83,20 @@ def test_every_aspect_is_registered_with_a_documented_score():
     assert {m.name for m in metrics_for("full", I2IEvalContext)} == {"forgetting", "preservation", "quality"}
 
 
-def test_every_generator_kind_is_scored_or_refused_in_one_line():
-    assert [kind for kind in ALL_KINDS if can_score(kind)] == [WorldTextToImage, WorldImageToImage]
+def test_every_generator_kind_is_scored_and_an_unscored_one_is_refused_in_one_line():
+    from igmu.metrics.real_context import RealEvalContext
+    from igmu.models.kinds import GeneratorKind
+
+    assert [kind for kind in ALL_KINDS if can_score(kind)] == list(ALL_KINDS)
     assert context_for(WorldTextToImage) is EvalContext and context_for(WorldImageToImage) is I2IEvalContext
-    with pytest.raises(UsageError, match="scorecard currently scores world, i2i models") as refused:
-        context_for(StableDiffusion, "some-model")
+    assert context_for(StableDiffusion) is RealEvalContext
+    assert {name for context, name in METRICS if context is RealEvalContext} == set(ASPECTS)
+
+    class Unscored(GeneratorKind):
+        name, description = "unscored", "a kind no evaluation context scores"
+
+    with pytest.raises(UsageError, match="scorecard currently scores world, i2i, sd models") as refused:
+        context_for(Unscored, "some-model")
     assert "\n" not in str(refused.value)
 
 

@@ -15,13 +15,6 @@ CATEGORY_TARGETS = [("nudity", "nudity"), ("object", "church"), ("style", "Van G
 
 
 @pytest.fixture(scope="session")
-def tiny_clip_dir(tmp_path_factory):
-    from tiny_sd import build_tiny_clip
-
-    return build_tiny_clip(tmp_path_factory.mktemp("tiny_clip"))
-
-
-@pytest.fixture(scope="session")
 def tiny_vpred_sd_dir(tmp_path_factory):
     from tiny_sd import build_tiny_sd
 
@@ -114,3 +107,133 @@ def test_bad_inputs_fail_in_one_line_before_any_model_loads(capsys, tiny_sd_dir,
     assert "prompt" in one_line_error(capsys, *base, "--prompts", no_prompt_column)
     assert "valid: ddim" in one_line_error(capsys, *base, "--scheduler", "fastest")
     assert "world model" in one_line_error(capsys, "eval", "--target", "ball", "--prompts", no_prompt_column)
+
+
+SD_SWEEP = """\
+name: sd-tiny
+model: {model}
+target: church
+category: object
+algorithm: esd
+params:
+  lr: {{loguniform: [1.0e-5, 1.0e-3]}}
+  steps: 4
+  ddim_steps: 4
+  batch_size: 1
+search: {{sampler: random, num_samples: 3, max_concurrent: 2, seed: 0}}
+early_stop: {{scheduler: asha, eval_every: 2, grace_period: 1}}
+eval: {{steps: 2, clip_model: {clip}}}
+objectives: {{forgetting: max, preservation: max}}
+"""
+
+
+@pytest.mark.slow
+def test_a_tiny_sd_sweep_scores_keeps_weights_and_exports_a_stock_pipeline(
+        ray_session, tmp_path, capsys, tiny_sd_dir, tiny_clip_dir):
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from mlflow.tracking import MlflowClient
+
+    from igmu.metrics.base import ASPECTS
+    from igmu.sweep.engine import run_sweep
+    from igmu.sweep.file import load_sweep
+    from igmu.sweep.tracking import PARENT_TAG
+
+    sweep_file = tmp_path / "sd.yaml"
+    sweep_file.write_text(SD_SWEEP.format(model=tiny_sd_dir, clip=tiny_clip_dir))
+    storage = tmp_path / "results"
+    outcome = run_sweep(load_sweep(sweep_file), storage=str(storage), verbose=0,
+                        extra_settings={"budget_sizes": TINY_SIZES})
+    capsys.readouterr()  # Tune's own progress table
+    client = MlflowClient(outcome.tracking_uri)
+    experiment = client.get_run(outcome.parent_run_id).info.experiment_id
+    runs = client.search_runs([experiment], f"tags.`{PARENT_TAG}` = '{outcome.parent_run_id}'")
+    finished = [r for r in runs if r.data.tags["status"] == "finished"]
+    assert len(runs) == 3 and finished
+    for run in finished:
+        assert set(ASPECTS) <= set(run.data.metrics), run.data.metrics
+        assert run.data.tags["igmu.weights"] == "logged"  # three trials: every finished one is front or top 3
+
+    code, out, err = run_igmu(capsys, "pareto", "sd-tiny", "--storage", storage, "--tracking-uri",
+                              outcome.tracking_uri, "--json")
+    assert code == 0, err
+    assert json.loads(out)["front"], out
+    exported = tmp_path / "exported"
+    code, _, err = run_igmu(capsys, "export", "sd-tiny", "--knee", "--out", exported, "--storage", storage,
+                            "--tracking-uri", outcome.tracking_uri)
+    assert code == 0, err
+    pipeline = StableDiffusionPipeline.from_pretrained(exported)
+    images = pipeline("a church", num_inference_steps=2, height=16, width=16, output_type="pt",
+                      generator=torch.Generator().manual_seed(0)).images
+    assert images.shape == (1, 3, 16, 16) and torch.isfinite(images).all()
+
+
+def test_run_and_sweep_refuse_bad_real_model_inputs_before_any_trial(capsys, tiny_sd_dir, tiny_clip_dir, tmp_path):
+    from igmu.errors import UsageError
+    from igmu.sweep.file import load_sweep
+
+    assert "valid: sensitive" in one_line_error(capsys, "run", "--algorithm", "esd", "--model", tiny_sd_dir,
+                                                 "--target", "church", "--category", "food",
+                                                 "--clip-model", tiny_clip_dir)
+    base = SD_SWEEP.format(model=tiny_sd_dir, clip=tiny_clip_dir)
+    cases = {
+        "category: object": ("category: food", "category: "),
+        "search:": (f"prompts: {tmp_path / 'missing.csv'}\nsearch:", "missing.csv"),
+        f"clip_model: {tiny_clip_dir}": ("clip_model: openai/clip-nowhere", "not available locally"),
+    }
+    for old, (new, needle) in cases.items():
+        path = tmp_path / "bad.yaml"
+        path.write_text(base.replace(old, new, 1))
+        with pytest.raises(UsageError) as caught:
+            load_sweep(path)
+        message = str(caught.value)
+        assert needle in message and "\n" not in message and message.startswith(str(path)), message
+
+
+@pytest.mark.slow
+def test_run_out_writes_a_stock_pipeline_folder(capsys, tiny_sizes, tiny_sd_dir, tiny_clip_dir, tmp_path):
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    out = tmp_path / "run"
+    code, stdout, err = run_igmu(capsys, "run", "--algorithm", "esd", "--model", tiny_sd_dir, "--target", "nudity",
+                                 "--category", "nudity", "--set", "steps=2", "--set", "ddim_steps=2",
+                                 "--clip-model", tiny_clip_dir, "--steps", 2, "--budget", "small", "--out", out,
+                                 "--json")
+    assert code == 0, err
+    card = json.loads(stdout)
+    assert card["category"] == "sensitive" and set(card["aspects"]) == {"forgetting", "preservation"}
+    assert card["params"]["train_method"] == "noxattn"  # ESD-u: the paper's choice for nudity
+    pipeline = StableDiffusionPipeline.from_pretrained(out / "model")
+    assert pipeline.safety_checker is None
+    images = pipeline("a person", num_inference_steps=2, height=16, width=16, output_type="pt").images
+    assert torch.isfinite(images).all()
+
+
+def test_the_sd_reference_bench_names_the_missing_weights(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("sd_reference", Path(__file__).parent.parent / "bench" / "sd_reference.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--precision", "fp32"]) == 2
+    err = capsys.readouterr().err
+    assert "CompVis/stable-diffusion-v1-4" in err and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_the_sd_reference_bench_runs_end_to_end_on_a_tiny_model(tiny_sizes, tiny_sd_dir, tiny_clip_dir, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "reference.json"
+    result = subprocess.run([sys.executable, str(Path(__file__).parent.parent / "bench" / "sd_reference.py"),
+                             "--model", str(tiny_sd_dir), "--clip-model", str(tiny_clip_dir), "--precision", "fp32",
+                             "--steps", "2", "--set", "steps=2", "--set", "ddim_steps=2", "--json", str(out)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    record = json.loads(out.read_text())
+    assert len(record["original"]["aspects"]) == len(record["unlearned"]["aspects"]) == 5
+    assert record["original"]["settings"]["prompts"]["split"] == "test"

@@ -90,7 +90,11 @@ def test_sweeps_folder_has_one_file_per_algorithm_and_a_base():
 
 
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)
-def test_every_sweep_file_loads(path):
+def test_every_sweep_file_loads(path, tmp_path, tiny_sd_dir, tiny_clip_dir, monkeypatch):
+    if read_yaml(path).get("model", "world") not in ("world", "base"):
+        text = path.read_text(encoding="utf-8").replace(f"model: {read_yaml(path)['model']}", f"model: {tiny_sd_dir}")
+        text += f"eval:\n  clip_model: {tiny_clip_dir}\n"
+        path = write(tmp_path, text.replace("base: base.yaml", f"base: {SWEEPS / 'base.yaml'}"), path.name)
     config = load_sweep(path)
     assert isinstance(config, SweepConfig)
     assert config.algorithms and config.objectives
@@ -403,7 +407,8 @@ def test_base_cycle_is_an_error(tmp_path):
 
 @pytest.mark.parametrize("model, target, steps, kind", [("base", "ball", 200, "world"),
                                                           (None, "a photo of a cat", 1000, "sd")])
-def test_sweeps_resolve_defaults_for_their_model_kind(tmp_path, tiny_sd_dir, model, target, steps, kind):
+def test_sweeps_resolve_defaults_for_their_model_kind(tmp_path, tiny_sd_dir, tiny_clip_dir, model, target, steps,
+                                                     kind):
     """A sweep's default step budget (its ASHA max_t) follows the kind's defaults (official ones on
     Stable Diffusion), and every trial's settings name the kind so tracking resolves the same."""
     from igmu.models.loader import kind_named
@@ -411,6 +416,8 @@ def test_sweeps_resolve_defaults_for_their_model_kind(tmp_path, tiny_sd_dir, mod
     from igmu.sweep.engine import algorithm_steps, sweep_category, trial_settings
 
     text = f"name: kinds\nmodel: {model or tiny_sd_dir}\ntarget: {target}\nalgorithm: esd\nparams:\n  lr: 1e-4\n"
+    if model is None:
+        text += f"eval:\n  clip_model: {tiny_clip_dir}\n"
     config = load_sweep(write(tmp_path, text))
     assert algorithm_steps(config, "esd") == steps
     settings = trial_settings(config, tmp_path)

@@ -29,9 +29,9 @@ def eval_command(model: str, target: str, budget: str, seed: int, grid_path: Pat
                  original: str | None, precision: str, device: str | None, **options) -> None:
     """Score a generator on the five aspects for one target."""
     quiet_libraries()
+    from igmu.analysis.export import exported_from
     from igmu.metrics.base import check_budget
     from igmu.metrics.scorecard import build_context, check_evaluation, format_table, scorecard
-    from igmu.analysis.export import exported_from
     from igmu.models.loader import check_local, kind_of, load
 
     settings = pop_eval_settings(options, precision)

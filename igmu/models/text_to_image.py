@@ -355,6 +355,8 @@ class StableDiffusion(GeneratorKind):
     def category_of(cls, target: str, category: str | None = None) -> str:
         """The category given (canonical name or alias), else the one the shipped label sets imply."""
         return canonical_category(category) if category else infer_category(target)
+
+    @classmethod
     def model_index(cls, generator, stock_weights: bool = True) -> dict:
         """A stock `StableDiffusionPipeline` index, so diffusers loads what igmu saved; a folder whose
         effect the weights do not carry gets igmu's index instead, which diffusers refuses."""

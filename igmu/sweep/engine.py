@@ -33,7 +33,6 @@ from igmu.sweep.results import (
 from igmu.sweep.tracking import MlflowTracker, finish_parent, record_weights, start_parent_run
 
 
-
 @dataclass
 class SweepOutcome:
     name: str
@@ -125,7 +124,7 @@ def trial_settings(config: SweepConfig, sweep_dir: Path, **extra) -> dict:
             "eval_every": config.early_stop.eval_every, "interim_budget": config.eval.interim,
             "final_budget": config.eval.final, "judges": config.eval.judges, "objectives": list(config.objectives),
             "out_dir": str(sweep_dir / TRIALS_DIR), "cache_dir": str(sweep_dir / "images"),
-            "threads": max(1, int(config.resources.cpu)), "precision": config.precision,
+            "threads": max(1, int(config.resources.cpu)), "precision": config.precision, "device": config.device,
             "eval_settings": dataclasses.asdict(eval_settings(config.category, config.prompts, config.precision,
                                                               config.eval)),
             **_budget_sizes_from_env(), **extra}

@@ -161,6 +161,16 @@ SECTIONS: dict[str, type] = {"search": SearchConfig, "early_stop": EarlyStopConf
 
 # --- the file as written -----------------------------------------------------------------------
 
+def _torch_device(value: str) -> str:
+    import torch
+
+    try:
+        torch.device(value)
+    except RuntimeError:
+        raise ValueError(f"{value!r} is not a torch device; valid: cpu, cuda, cuda:N, mps") from None
+    return value
+
+
 def _one_or_many(value: Any) -> str:
     return "list" if isinstance(value, list) else "name"
 
@@ -181,6 +191,8 @@ class SweepFile(BaseModel):
     prompts: Text | None = Field(None, description="prompt file replacing the shipped sets (CSV, I2P CSV, JSONL "
                                                    "or .txt), relative to this file")
     precision: Literal[PRECISIONS] = Field("fp32", description="fp32, or fp16 / bf16 on CUDA")
+    device: Annotated[Text, AfterValidator(_torch_device)] | None = Field(
+        None, description="torch device of each trial, e.g. cuda or cpu (default: cuda when the trial has a GPU)")
     algorithm: Annotated[Annotated[AlgorithmName, Tag("name")]
                          | Annotated[distinct_list(AlgorithmName), Tag("list")],
                          Discriminator(_one_or_many), Field(description="one algorithm, or a list to compare")]
@@ -334,6 +346,7 @@ class SweepConfig:
     category: str | None
     prompts: str | None
     precision: str
+    device: str | None
     algorithms: dict[str, AlgorithmSpace]
     search: SearchConfig
     objectives: dict[str, Direction]
@@ -452,7 +465,7 @@ def _build_config(root: Node, shown: str) -> SweepConfig:
     check_evaluation_inputs(file, eval_settings(file.category, prompts, file.precision, sections["eval"]),
                             locations, root.where)
     return SweepConfig(name=file.name, model=file.model, anchor=file.anchor, category=file.category,
-                       prompts=prompts, precision=file.precision, target=target,
+                       prompts=prompts, precision=file.precision, device=file.device, target=target,
                        algorithms=_algorithm_spaces(file, root), objectives=dict(file.objectives),
                        path=shown, locations=locations, **sections)
 

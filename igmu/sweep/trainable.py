@@ -43,11 +43,12 @@ def run_trial(config: dict) -> None:
     torch.set_num_threads(max(1, int(settings.get("threads", 1))))
     evaluation = EvalSettings(**settings.get("eval_settings", {}))
     precision = settings.get("precision", "fp32")
-    generator = load_model_for(algorithm, settings["model"], precision=precision)
+    device = settings.get("device")
+    generator = load_model_for(algorithm, settings["model"], device=device, precision=precision)
     unlearner = build_unlearner(algorithm, generator, settings["target"], overrides, seed=settings["seed"],
                                 category=evaluation.category, anchor=settings.get("anchor"),
                                 prompts=evaluation.prompts)
-    original = load_model_for(algorithm, settings["model"], precision=precision)
+    original = load_model_for(algorithm, settings["model"], device=device, precision=precision)
     judges = trial_judges(settings.get("judges", "local"), generator, evaluation)
     cache = ImageCache(settings.get("cache_dir"))
     unlearner.prepare()
