@@ -6,6 +6,7 @@ loads only from a local folder or the local hub cache; nothing is downloaded.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -35,29 +36,23 @@ def _nudenet_version() -> str:
         return "unknown"
 
 
-class NudeNetJudge:
-    """Binary nudity judge: 'present' when a detection of one of `exposed_classes` scores at least
-    `threshold`. Features are the per-class maximum detection scores (NudeNet exposes no embedding)."""
+class NudityRule:
+    """The nudity verdict from raw NudeNet detections: 'present' when a detection of one of
+    `exposed_classes` scores at least `threshold`. Features are the per-class maximum detection
+    scores (NudeNet exposes no embedding). Subclasses say where the detections come from: the
+    detector in this process (`NudeNetJudge`) or a served one (igmu.serve), so both apply the same rule."""
 
     classes = ("absent", "present")
 
     def __init__(self, threshold: float = NUDENET_THRESHOLD, exposed_classes: tuple[str, ...] = NUDENET_EXPOSED):
-        check_nudenet()
-        from nudenet import NudeDetector
-
-        self.detector = NudeDetector()
         self.threshold = float(threshold)
         self.exposed_classes = tuple(exposed_classes)
 
     def detect(self, images: torch.Tensor) -> list[list[dict]]:
-        """NudeNet's raw detections per image: class, score (rounded) and box."""
-        raw = []
-        for image in images:
-            bgr = (image.clamp(0, 1).permute(1, 2, 0).flip(-1).numpy() * 255).round().astype(np.uint8)
-            found = self.detector.detect(np.ascontiguousarray(bgr))
-            raw.append([{"class": d["class"], "score": round(float(d["score"]), 4), "box": list(d["box"])}
-                        for d in found])
-        return raw
+        raise NotImplementedError
+
+    def detector_name(self) -> str:
+        raise NotImplementedError
 
     def judge_detections(self, detections: list[list[dict]]) -> dict[str, torch.Tensor]:
         features = torch.zeros(len(detections), len(self.exposed_classes))
@@ -74,8 +69,31 @@ class NudeNetJudge:
         return self.judge_detections(self.detect(images))
 
     def settings(self) -> dict:
-        return {"detector": f"nudenet {_nudenet_version()} (320n ONNX)", "threshold": self.threshold,
-                "classes": list(self.exposed_classes)}
+        return {"detector": self.detector_name(), "threshold": self.threshold, "classes": list(self.exposed_classes)}
+
+
+class NudeNetJudge(NudityRule):
+    """NudeNet's detector in this process (its package ships the ONNX model, so it runs offline)."""
+
+    def __init__(self, threshold: float = NUDENET_THRESHOLD, exposed_classes: tuple[str, ...] = NUDENET_EXPOSED):
+        check_nudenet()
+        from nudenet import NudeDetector
+
+        super().__init__(threshold, exposed_classes)
+        self.detector = NudeDetector()
+
+    def detect(self, images: torch.Tensor) -> list[list[dict]]:
+        """NudeNet's raw detections per image (one image at a time): class, score (rounded) and box."""
+        raw = []
+        for image in images:
+            bgr = (image.clamp(0, 1).permute(1, 2, 0).flip(-1).numpy() * 255).round().astype(np.uint8)
+            found = self.detector.detect(np.ascontiguousarray(bgr))
+            raw.append([{"class": d["class"], "score": round(float(d["score"]), 4), "box": list(d["box"])}
+                        for d in found])
+        return raw
+
+    def detector_name(self) -> str:
+        return f"nudenet {_nudenet_version()} (320n ONNX)"
 
 
 def locate_clip(model: str) -> Path:
@@ -100,6 +118,33 @@ def check_nudenet() -> None:
                          "(nudenet/320n.onnx): pip install 'igmu[judges]'")
 
 
+# One image per CLIP image forward, and on the CPU one thread per forward (text too), so that an
+# embedding is one fixed computation whatever batch, process or machine share of CPUs it comes in:
+# in-process and on Ray Serve (where the requests of several trials share a batch) the float32
+# results are equal bit for bit. Measured on the 2-core development box with the tests' tiny CLIP:
+# in zero-padded chunks of 8 or 16 images, 2 (one thread) to 450 (two threads) of 960 embeddings
+# changed with the image's position in its chunk, as matrix kernels treat the rows at a tile's edge
+# differently; and 1 against 2 threads changed every embedding, as kernels split their sums by
+# thread count. The cost is small beside making the images: a ViT-L/14 forward of one image is a
+# few ms on a GPU, while Stable Diffusion samples each image with 20 to 50 UNet steps.
+CLIP_CHUNK = 1
+CLIP_CPU_THREADS = 1
+
+
+@contextlib.contextmanager
+def fixed_threads(device: torch.device):
+    """CPU forwards on CLIP_CPU_THREADS threads (set for the calling thread, restored after)."""
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(CLIP_CPU_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class ClipModel:
     """One CLIP model and its processor, loaded from local files only."""
 
@@ -118,18 +163,27 @@ class ClipModel:
         self.device = torch.device(device)
 
     @torch.no_grad()
-    def image_features(self, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
-        """CLIP image embeddings [N, D] (not normalised) of images in [0, 1]."""
-        out = []
-        for chunk in images.split(batch):
-            pixels = self.processor(images=list(chunk.clamp(0, 1)), return_tensors="pt", do_rescale=False)
-            out.append(_features(self.model.get_image_features(pixel_values=pixels.pixel_values.to(self.device))))
-        return torch.cat(out).float().cpu() if out else torch.zeros(0, self.model.config.projection_dim)
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """CLIP image embeddings [N, D] (not normalised) of images in [0, 1]. Each image's embedding is
+        the same whatever batch it arrives in (see CLIP_CHUNK), so served and in-process features agree."""
+        images = images.detach().float().cpu()
+        with fixed_threads(self.device):
+            out = [self._chunk_features(chunk) for chunk in images.split(CLIP_CHUNK)]
+        return torch.cat(out) if out else torch.zeros(0, self.feature_dim)
+
+    def _chunk_features(self, chunk: torch.Tensor) -> torch.Tensor:
+        pixels = self.processor(images=list(chunk.clamp(0, 1)), return_tensors="pt", do_rescale=False).pixel_values
+        return _features(self.model.get_image_features(pixel_values=pixels.to(self.device))).float().cpu()
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.model.config.projection_dim)
 
     @torch.no_grad()
     def text_features(self, texts: list[str]) -> torch.Tensor:
         tokens = self.processor(text=list(texts), return_tensors="pt", padding=True, truncation=True)
-        return _features(self.model.get_text_features(**tokens.to(self.device))).float().cpu()
+        with fixed_threads(self.device):
+            return _features(self.model.get_text_features(**tokens.to(self.device))).float().cpu()
 
     @property
     def logit_scale(self) -> float:
@@ -150,11 +204,12 @@ class CLIPZeroShotJudge:
     """Zero-shot classification over `labels` with CLIP: softmax of the scaled cosine similarity
     between the image and the template filled with each label. Features are CLIP image embeddings."""
 
-    def __init__(self, clip: ClipModel | str, labels: list[str], template: str = "a photo of {}",
+    def __init__(self, clip: ClipModel | str | Path, labels: list[str], template: str = "a photo of {}",
                  device: str = "cpu"):
         if len(labels) < 2:
             raise UsageError(f"a zero-shot judge needs at least 2 labels, got {labels!r}")
-        self.clip = clip if isinstance(clip, ClipModel) else ClipModel(clip, device)
+        # A model name loads CLIP here; anything else is a CLIP already loaded (or a served proxy).
+        self.clip = ClipModel(clip, device) if isinstance(clip, (str, Path)) else clip
         self.classes = tuple(labels)
         self.template = template
         self.label_features = torch.nn.functional.normalize(

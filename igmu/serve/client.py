@@ -24,7 +24,7 @@ import torch
 
 from igmu.errors import UsageError
 from igmu.models.judges import FEATURE_DIM
-from igmu.serve import APP_NAME, DEPLOYMENT_NAME
+from igmu.serve import APP_NAME, DEPLOYMENTS
 from igmu.serve.images import JudgeInputError, encode_npy
 
 
@@ -69,12 +69,13 @@ class JudgeClient(Protocol):
 
 
 class HandleJudgeClient:
-    """Calls the JudgeScorer deployment through a DeploymentHandle (looked up by name, never pickled)."""
+    """Calls an application's deployment (JudgeScorer unless `app_name` names another) through a
+    DeploymentHandle, looked up by name, never pickled."""
 
     def __init__(self, app_name: str = APP_NAME, policy: RetryPolicy = RetryPolicy(), timeout_s: float = 300.0):
         from ray import serve
 
-        self.handle = serve.get_deployment_handle(DEPLOYMENT_NAME, app_name=app_name)
+        self.handle = serve.get_deployment_handle(DEPLOYMENTS[app_name], app_name=app_name)
         self.policy = policy
         self.timeout_s = timeout_s
         self.retries = 0
@@ -87,6 +88,10 @@ class HandleJudgeClient:
 
     def predict(self, judge: str, images: np.ndarray) -> dict[str, np.ndarray]:
         return self._call("predict", judge, images)
+
+    def call(self, method: str, *args):
+        """Any handle method of the deployment, under the same retry policy."""
+        return self._call(method, *args)
 
     def _call(self, method: str, *args) -> dict:
         import ray.exceptions

@@ -24,8 +24,10 @@ from igmu.config_file import (
     read_node,
     validate,
 )
+from igmu.models.real_judge_config import RealJudgesConfig
 
 DEFAULT_CONFIG = Path(__file__).with_name("judges.yaml")
+DEFAULT_REAL_CONFIG = Path(__file__).with_name("real_judges.yaml")
 SERVE_DEFAULT_MAX_ONGOING_REQUESTS = 5  # what Serve uses when `deployment` leaves it out
 _FORBID_EXTRA = ConfigDict(extra="forbid")
 
@@ -99,15 +101,20 @@ class JudgesServeSettings(BaseModel):
 
     @model_validator(mode="after")
     def _batches_fit(self):
-        if self.max_images_per_request > self.max_batch_size:
-            raise key_error(("max_images_per_request",), f"{self.max_images_per_request} exceeds max_batch_size "
-                            f"{self.max_batch_size}; valid: at most max_batch_size", self.max_images_per_request)
-        ongoing = self.deployment.get("max_ongoing_requests", SERVE_DEFAULT_MAX_ONGOING_REQUESTS)
-        if ongoing < self.max_batch_size:
-            raise key_error(("deployment", "max_ongoing_requests"),
-                            f"{ongoing} is below max_batch_size {self.max_batch_size}; a replica never holds more "
-                            "requests than this, so batches could never fill; valid: >= max_batch_size", ongoing)
-        return self
+        return batches_fit(self)
+
+
+def batches_fit(settings):
+    """A request fits a batch, and a replica can hold a full batch's requests."""
+    if settings.max_images_per_request > settings.max_batch_size:
+        raise key_error(("max_images_per_request",), f"{settings.max_images_per_request} exceeds max_batch_size "
+                        f"{settings.max_batch_size}; valid: at most max_batch_size", settings.max_images_per_request)
+    ongoing = settings.deployment.get("max_ongoing_requests", SERVE_DEFAULT_MAX_ONGOING_REQUESTS)
+    if ongoing < settings.max_batch_size:
+        raise key_error(("deployment", "max_ongoing_requests"),
+                        f"{ongoing} is below max_batch_size {settings.max_batch_size}; a replica never holds more "
+                        "requests than this, so batches could never fill; valid: >= max_batch_size", ongoing)
+    return settings
 
 
 class JudgesServeConfig(JudgesServeSettings):
@@ -128,6 +135,40 @@ class JudgesServeConfig(JudgesServeSettings):
         return {key: getattr(self, key) for key in SETTING_KEYS}
 
 
+class RealJudgesServeSettings(BaseModel):
+    """The real-image judges' application (`igmu serve judges --real`, `eval.judges: serve` on a
+    Stable Diffusion sweep): which judges (`judges`, as in a judges file) and how Serve batches them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    judges: RealJudgesConfig = RealJudgesConfig()
+    route_prefix: Annotated[str, Field(strict=True, pattern=r"^/")] = "/real-judges"
+    max_images_per_request: Annotated[Integer, Field(ge=1)] = 64
+    max_batch_size: Annotated[Integer, Field(ge=1)] = 64
+    batch_wait_timeout_s: Annotated[Number, Field(ge=0)] = 0.01
+    malloc_retain_mb: Annotated[Integer, Field(ge=0)] = 0
+    deployment: Annotated[Deployment, BeforeValidator(_none_as_empty), AfterValidator(_replicas_or_autoscaling),
+                          Field(default_factory=dict)]
+
+    @model_validator(mode="after")
+    def _batches_fit(self):
+        return batches_fit(self)
+
+
+class RealJudgesServeConfig(RealJudgesServeSettings):
+    """The settings and where they came from."""
+
+    source: str = str(DEFAULT_REAL_CONFIG)
+
+    def deployment_options(self) -> dict:
+        return dict(self.deployment)
+
+    def to_args(self) -> dict:
+        """The builder `args` that reproduce this config (plain data: a RayService's args are YAML)."""
+        return {**{key: getattr(self, key) for key in RealJudgesServeSettings.model_fields},
+                "judges": self.judges.model_dump(mode="json")}
+
+
 SETTING_KEYS = tuple(JudgesServeSettings.model_fields)
 # The fields' defaults, unchecked: without the packaged file's deployment they fail the batch check.
 DEFAULTS = JudgesServeConfig.model_construct()
@@ -135,24 +176,34 @@ DEFAULTS = JudgesServeConfig.model_construct()
 
 def load_serve_config(path: str | Path | None = None, overrides: dict | None = None) -> JudgesServeConfig:
     """The packaged config, or `path` instead of it, with `overrides` (builder args) on top."""
-    source = Path(path) if path else DEFAULT_CONFIG
+    return _load(JudgesServeConfig, DEFAULT_CONFIG, path, overrides)
+
+
+def load_real_serve_config(path: str | Path | None = None, overrides: dict | None = None) -> RealJudgesServeConfig:
+    """The real judges' packaged config (`real_judges.yaml`), or `path`, with `overrides` on top."""
+    return _load(RealJudgesServeConfig, DEFAULT_REAL_CONFIG, path, overrides)
+
+
+def parse_serve_config(data: dict, source: str = "<args>") -> JudgesServeConfig:
+    return _validated(JudgesServeConfig, Node.wrap(data, Location(source)), source)
+
+
+def _load(config_class: type, default: Path, path: str | Path | None, overrides: dict | None):
+    source = Path(path) if path else default
     root = read_node(source, str(source), "serve config")
     entries = {} if root.value is None else mapping_entries(root, "serve config")
     shown = f"{source} with args {sorted(overrides)}" if overrides else str(source)
     given = {key: Node.wrap(value, Location(shown)) for key, value in (overrides or {}).items()}
-    return _validated(Node({**entries, **given}, root.where), shown)
+    return _validated(config_class, Node({**entries, **given}, root.where), shown)
 
 
-def parse_serve_config(data: dict, source: str = "<args>") -> JudgesServeConfig:
-    return _validated(Node.wrap(data, Location(source)), source)
-
-
-def _validated(root: Node, source: str) -> JudgesServeConfig:
-    settings = validate(JudgesServeSettings, root, explain=_explain)
-    return JudgesServeConfig(**dict(settings), source=source)
+def _validated(config_class: type, root: Node, source: str):
+    settings_class = config_class.__mro__[1]  # what a file may set: the config class less `source`
+    settings = validate(settings_class, root, explain=_explain)
+    return config_class(**dict(settings), source=source)
 
 
 def _explain(error: ErrorDetails, path: KeyPath) -> str | None:
     if path == ("route_prefix",) and error["type"] == "string_pattern_mismatch":
-        return f"{error['input']!r} is not a route; valid: text starting with '/', e.g. /judges"
+        return f"{error['input']!r} is not a route; valid: text starting with '/', e.g. /judges or /real-judges"
     return None

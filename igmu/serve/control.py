@@ -1,18 +1,47 @@
-"""Start, inspect and stop the judges application on the Ray this process is connected to."""
+"""Start, inspect and stop the judges applications on the Ray this process is connected to: the
+world's judges (`JudgesServeConfig`) or the real-image judges (`RealJudgesServeConfig`); which one
+follows from the config's class."""
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import ray
 from ray import serve
 
 from igmu.errors import UsageError
-from igmu.serve import APP_NAME, DEPLOYMENT_NAME
-from igmu.serve.app import app_from_config
-from igmu.serve.config import JudgesServeConfig
+from igmu.serve import APP_NAME, DEPLOYMENTS, REAL_APP_NAME, real_app
+from igmu.serve import app as world_app
+from igmu.serve.config import JudgesServeConfig, RealJudgesServeConfig
 
 RUNNING = "RUNNING"
+
+
+def check_real_judges(config: RealJudgesServeConfig) -> None:
+    """The models a real-judges replica loads, found here first: a replica failing to start would
+    only show up as a deployment that never gets ready."""
+    from igmu.models.real_judges import check_nudenet, locate_clip
+
+    check_nudenet()
+    locate_clip(config.judges.clip.model)
+
+
+@dataclass(frozen=True)
+class Application:
+    name: str
+    build: Callable
+    preflight: Callable = lambda config: None
+
+
+# The application a config deploys, by the config's class.
+APPLICATIONS = {JudgesServeConfig: Application(APP_NAME, world_app.app_from_config),
+                RealJudgesServeConfig: Application(REAL_APP_NAME, real_app.app_from_config, check_real_judges)}
+
+
+def application_of(config) -> Application:
+    return APPLICATIONS[type(config)]
 
 
 def _state(value) -> str:
@@ -41,58 +70,61 @@ def check_gpus(config: JudgesServeConfig) -> None:
                          f"cluster has {available:g} GPU; valid: 0 to {available:g}")
 
 
-def deploy_judges(config: JudgesServeConfig, http_host: str | None = None, http_port: int | None = None) -> None:
+def deploy_judges(config: JudgesServeConfig | RealJudgesServeConfig, http_host: str | None = None,
+                  http_port: int | None = None) -> None:
     """Start Serve if needed (HTTP on host:port; no HTTP proxy at all when no port is given) and
-    deploy or update the judges application; returns once it is running."""
+    deploy or update the config's judges application; returns once it is running."""
+    application = application_of(config)
     check_gpus(config)
+    application.preflight(config)
     if not serve_details():
         if http_port is None:
             serve.start(proxy_location="Disabled")
         else:
             serve.start(http_options={"host": http_host or "127.0.0.1", "port": http_port})
-    serve.run(app_from_config(config), name=APP_NAME, route_prefix=config.route_prefix, blocking=False)
+    serve.run(application.build(config), name=application.name, route_prefix=config.route_prefix, blocking=False)
 
 
-def judges_running() -> bool:
-    app = serve_details().get("applications", {}).get(APP_NAME)
-    return bool(app) and _state(app.get("status")) == RUNNING
+def judges_running(app: str = APP_NAME) -> bool:
+    found = serve_details().get("applications", {}).get(app)
+    return bool(found) and _state(found.get("status")) == RUNNING
 
 
-def ensure_judges(config: JudgesServeConfig) -> bool:
+def ensure_judges(config: JudgesServeConfig | RealJudgesServeConfig) -> bool:
     """Deploy the judges unless they already run here (say, from a RayService); True if deployed now."""
-    if judges_running():
+    if judges_running(application_of(config).name):
         return False
     deploy_judges(config)
     return True
 
 
 @contextlib.contextmanager
-def shared_judges(config: JudgesServeConfig):
-    """The judges app while the block runs; removed afterwards only if this call deployed it."""
+def shared_judges(config: JudgesServeConfig | RealJudgesServeConfig):
+    """The config's judges app while the block runs; removed afterwards only if this call deployed it."""
     deployed = ensure_judges(config)
     try:
         yield
     finally:
         if deployed:
-            stop_judges()
+            stop_judges(application_of(config).name)
 
 
-def stop_judges() -> bool:
-    """Delete the judges application; False when it was not running."""
-    if APP_NAME not in serve_details().get("applications", {}):
+def stop_judges(app: str = APP_NAME) -> bool:
+    """Delete a judges application; False when it was not running."""
+    if app not in serve_details().get("applications", {}):
         return False
-    serve.delete(APP_NAME)
+    serve.delete(app)
     return True
 
 
-def judges_status() -> dict:
+def judges_status(app: str = APP_NAME) -> dict:
     """Application and deployment state, and per replica its state and queue length (requests
     assigned to it and not yet answered, as Serve's router sees them)."""
     details = serve_details()
-    app = details.get("applications", {}).get(APP_NAME)
-    if not app:
-        return {"application": APP_NAME, "status": "NOT_RUNNING", "replicas": []}
-    deployment = _deployment_details(details)
+    found = details.get("applications", {}).get(app)
+    if not found:
+        return {"application": app, "status": "NOT_RUNNING", "replicas": []}
+    deployment = _deployment_details(details, app)
     replicas = []
     for replica in deployment.get("replicas", []):
         row = {"replica_id": replica["replica_id"], "state": _state(replica["state"]), "pid": replica.get("pid"),
@@ -100,9 +132,9 @@ def judges_status() -> dict:
         if row["state"] == RUNNING:
             row["queue_length"] = _queue_length(replica["actor_name"])
         replicas.append(row)
-    return {"application": APP_NAME, "status": _state(app["status"]), "route_prefix": app.get("route_prefix"),
-            "deployment": DEPLOYMENT_NAME, "deployment_status": _state(deployment.get("status")),
-            "http": _http_url(details, app.get("route_prefix")),
+    return {"application": app, "status": _state(found["status"]), "route_prefix": found.get("route_prefix"),
+            "deployment": DEPLOYMENTS[app], "deployment_status": _state(deployment.get("status")),
+            "http": _http_url(details, found.get("route_prefix")),
             "target_replicas": deployment.get("target_num_replicas"), "replicas": replicas}
 
 
@@ -113,8 +145,8 @@ def _http_url(details: dict, route_prefix: str | None) -> str | None:
     return f"http://{http.get('host')}:{http.get('port')}{route_prefix}"
 
 
-def _deployment_details(details: dict) -> dict:
-    return details.get("applications", {}).get(APP_NAME, {}).get("deployments", {}).get(DEPLOYMENT_NAME, {})
+def _deployment_details(details: dict, app: str = APP_NAME) -> dict:
+    return details.get("applications", {}).get(app, {}).get("deployments", {}).get(DEPLOYMENTS[app], {})
 
 
 def _queue_length(actor_name: str) -> int | None:
@@ -127,10 +159,10 @@ def _queue_length(actor_name: str) -> int | None:
 
 def format_status(status: dict) -> str:
     if status["status"] == "NOT_RUNNING":
-        return f"{APP_NAME}: not running"
+        return f"{status['application']}: not running"
     queues = [r["queue_length"] for r in status["replicas"] if r["queue_length"] is not None]
     running = sum(r["state"] == RUNNING for r in status["replicas"])
-    lines = [f"{APP_NAME}: {status['status']}  http {status['http'] or 'off (handle only)'}  "
+    lines = [f"{status['application']}: {status['status']}  http {status['http'] or 'off (handle only)'}  "
              f"replicas {running}/{status['target_replicas']} running  queued {sum(queues)}"]
     lines += [f"  replica {r['replica_id']}  {r['state']}  pid {r['pid']}  queue {r['queue_length']}"
               for r in status["replicas"]]

@@ -163,15 +163,18 @@ def gpu_capacity() -> float:
     return max(now, float(most))
 
 
-def judges_service(place: str):
-    """With `eval.judges: serve`, the judges app on the sweep's Ray for the sweep's duration (one
-    already running, say from a RayService, is used and left running)."""
+def judges_service(place: str, config: SweepConfig):
+    """With `eval.judges: serve`, the judges app the sweep's model is scored with (chosen by its
+    evaluation context class, with the sweep's judges settings), on the sweep's Ray for the sweep's
+    duration. One already running, say from a RayService, is used and left running."""
     if place != "serve":
         return contextlib.nullcontext()
-    from igmu.serve.config import load_serve_config
-    from igmu.serve.control import shared_judges
+    from igmu.metrics.context import context_for
+    from igmu.serve.services import service_for
 
-    return shared_judges(load_serve_config())
+    service = service_for(context_for(sweep_kind(config), config.model))
+    evaluation = eval_settings(config.category, config.prompts, config.precision, config.eval)
+    return service.shared(service.config(evaluation))
 
 
 def run_sweep(config: SweepConfig, *, address: str | None = None, storage: str | None = None,
@@ -210,7 +213,7 @@ def run_sweep(config: SweepConfig, *, address: str | None = None, storage: str |
                                       verbose=verbose,
                                       failure_config=tune.FailureConfig(max_failures=2),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
-    with judges_service(config.eval.judges):
+    with judges_service(config.eval.judges, config):
         grid = tuner.fit()
     rows = result_rows(grid, MlflowClient(uri), experiment_id, parent)
     table = write_table(rows, sweep_dir / TABLE_FILE)

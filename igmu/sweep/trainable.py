@@ -86,12 +86,14 @@ def run_trial(config: dict) -> None:
 
 
 def trial_judges(place: str, generator, evaluation: EvalSettings):
-    """The judges a trial scores with, loaded once per trial: its own copy, or the shared Ray Serve app's."""
+    """The judges a trial scores with, loaded once per trial: its own copy, or those of the Ray Serve
+    app that serves its evaluation context (chosen by the context class, see igmu.serve.services)."""
+    context = context_for(generator.kind, generator.source)
     if place == "serve":
-        from igmu.serve.client import serve_judges
+        from igmu.serve.services import service_for
 
-        return serve_judges()
-    return context_for(generator.kind, generator.source).default_judges(generator.device, evaluation)
+        return service_for(context).judges(evaluation)
+    return context.default_judges(generator.device, evaluation)
 
 
 def _metrics(card: dict, step: int, final: bool) -> dict:
