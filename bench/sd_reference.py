@@ -58,7 +58,7 @@ def reference(args: argparse.Namespace) -> dict:
     overrides = dict(pair.split("=", 1) for pair in args.overrides)
     unlearner = build_unlearner(args.algorithm, generator, args.target, overrides, seed=args.seed,
                                 category=args.category)
-    efficiency, _ = unlearn(unlearner, progress=True)
+    efficiency, _ = unlearn(unlearner)
     generator.source = f"{args.algorithm}({args.target})"
     after = scorecard(build_context(generator, args.target, args.budget, original=original, seed=args.seed,
                                     settings=settings))
@@ -67,9 +67,12 @@ def reference(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from igmu.cli.progress import showing_progress
+
     args = parse(argv)
     try:
-        result = reference(args)
+        with showing_progress(quiet=False):  # the CLI's bars, on a terminal only
+            result = reference(args)
     except UsageError as err:
         print(f"sd_reference: error: {err}", file=sys.stderr)
         return UsageError.exit_code

@@ -116,14 +116,14 @@ def peak_memory_mb(device: torch.device) -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
 
 
-def unlearn(unlearner: Unlearner, progress: bool = False) -> tuple[dict, dict[str, torch.Tensor]]:
+def unlearn(unlearner: Unlearner) -> tuple[dict, dict[str, torch.Tensor]]:
     """Run the algorithm; returns efficiency figures and the changed UNet / text-encoder tensors."""
     gen = unlearner.generator
     before = module_states(gen, unlearner.trainable_modules())
     if gen.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(gen.device)
     started = time.time()
-    history = run_unlearning(unlearner, progress=progress)
+    history = run_unlearning(unlearner)
     seconds = time.time() - started
     gen.train_mode(False)
     changed = changed_since(before, unlearner)

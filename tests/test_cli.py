@@ -98,3 +98,40 @@ def test_run_end_to_end_saves_model_scorecard_and_grid(name, tmp_path):
     for path in (SAVED_WEIGHTS[kind], "changed.safetensors", "scorecard.json", "config.json", "grid.png"):
         assert (tmp_path / "out" / path).is_file(), path
     assert json.loads((tmp_path / "out" / "scorecard.json").read_text())["aspects"] == card["aspects"]
+
+
+def test_the_cli_choices_match_the_layers_below():
+    """The CLI keeps its own copies (importing these loads torch); they must not drift."""
+    from igmu.cli import options
+    from igmu.metrics.base import BUDGETS
+    from igmu.models.text_to_image import SCHEDULERS
+    from igmu.prompts import SPLITS
+
+    assert options.BUDGETS == tuple(BUDGETS)
+    assert options.SPLITS == tuple(SPLITS)
+    assert options.SCHEDULERS == tuple(SCHEDULERS)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["eval", "--target", "ball", "--budget", "medium"], "'medium'; valid: small, full"),
+    (["run", "--algorithm", "uce", "--target", "ball", "--budget", "smal"], "(did you mean small?); valid: small, full"),
+    (["eval", "--target", "ball", "--split", "tst"], "valid: validation, test"),
+    (["eval", "--target", "ball", "--scheduler", "fastest"], "valid: ddim, pndm, euler, dpm, ddpm"),
+    (["results", "some-sweep", "--format", "xml"], "valid: parquet, csv, json"),
+    (["world", "build", "--only", "vae"], "valid: judges, generator, i2i"),
+])
+def test_fixed_sets_are_choices_refused_in_one_line(capsys, args, needle):
+    from igmu.cli.main import main
+
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err and err.startswith("igmu: error: "), err
+
+
+def test_long_commands_take_quiet():
+    from igmu.cli.main import cli
+
+    long_commands = [cli.commands[name] for name in ("eval", "run", "sweep", "export")]
+    long_commands.append(cli.commands["world"].commands["build"])
+    for command in long_commands:
+        assert "--quiet" in {opt for param in command.params for opt in param.opts}, command.name

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from igmu import progress
 from igmu.analysis.frontier import choose_objectives, compute_frontier, trial_params, trial_scores
 from igmu.errors import UsageError
 from igmu.sweep.results import (
@@ -29,6 +30,8 @@ from igmu.sweep.results import (
 EXPORT_FILE = "igmu_export.json"
 # How many trial ids an unknown-trial error lists.
 SHOWN_TRIALS = 5
+# What the export's progress line names, in order.
+STAGES = ("fetching the weights", "rebuilding the model", "saving")
 
 
 def export_trial(sweep: str, out: Path, trial: str | None = None, knee: bool = False,
@@ -39,16 +42,24 @@ def export_trial(sweep: str, out: Path, trial: str | None = None, knee: bool = F
     source = locate_sweep(sweep, storage, tracking_uri)
     table = load_sweep_table(source)
     row = knee_row(source, table) if knee else trial_row(source, table, trial)
-    with tempfile.TemporaryDirectory(prefix="igmu-export-") as scratch:
-        weights = fetch_weights(source, row, Path(scratch))
-        manifest = json.loads((weights / WEIGHTS_MANIFEST).read_text())
-        generator = rebuild(manifest, weights / CHANGED_FILE)
-    from igmu.algorithms.base import get_algorithm
+    with progress.task(_stage(0), total=len(STAGES)) as shown:
+        with tempfile.TemporaryDirectory(prefix="igmu-export-") as scratch:
+            weights = fetch_weights(source, row, Path(scratch))
+            shown.update(completed=1, description=_stage(1))
+            manifest = json.loads((weights / WEIGHTS_MANIFEST).read_text())
+            generator = rebuild(manifest, weights / CHANGED_FILE)
+        shown.update(completed=2, description=_stage(2))
+        from igmu.algorithms.base import get_algorithm
 
-    generator.save(out, stock_weights=get_algorithm(manifest["algorithm"]).stock_weights)
+        generator.save(out, stock_weights=get_algorithm(manifest["algorithm"]).stock_weights)
+        shown.update(completed=len(STAGES), description="export: saved")
     record = export_record(source, row, manifest)
     (out / EXPORT_FILE).write_text(json.dumps(record, indent=2, default=str))
     return record
+
+
+def _stage(index: int) -> str:
+    return f"export: {STAGES[index]}"
 
 
 def check_choice(trial: str | None, knee: bool) -> None:

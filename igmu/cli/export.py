@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from igmu.cli.output import emit, quiet_libraries
+from igmu.cli.progress import quiet_option
 
 
 @click.command("export")
@@ -22,6 +23,7 @@ from igmu.cli.output import emit, quiet_libraries
 @click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
               help="MLflow tracking URI; default: $MLFLOW_TRACKING_URI, else SQLite under the results root.")
 @click.option("--json", "as_json", is_flag=True, help="Print what igmu_export.json records as JSON.")
+@quiet_option
 def export_command(sweep: str, trial: str | None, knee: bool, out: Path, storage: str | None,
                    tracking_uri: str | None, as_json: bool) -> None:
     """Rebuild one trial of SWEEP (a sweep name, its MLflow parent run id or a results .parquet file)

@@ -1,4 +1,4 @@
-"""What every command shares: JSON or table output, and quiet third-party libraries."""
+"""What every command shares: JSON or table output after any progress bars, and quiet third-party libraries."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import json
 import os
 
 import click
+
+from igmu.cli.progress import end_progress
 
 
 def quiet_libraries() -> None:
@@ -22,7 +24,8 @@ def quiet_libraries() -> None:
 
 
 def emit(data, as_json: bool, table) -> None:
-    """Print `data` as JSON, or hand it to `table` to print for a person."""
+    """Print `data` as JSON, or hand it to `table` to print for a person (below any progress bars)."""
+    end_progress()
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
-from igmu.cli.options import eval_options, model_options, pop_eval_settings
+from igmu.cli.options import budget_option, eval_options, model_options, pop_eval_settings
 from igmu.cli.output import emit, note, quiet_libraries
+from igmu.cli.progress import quiet_option
 from igmu.errors import UsageError
 
 
@@ -15,7 +16,7 @@ from igmu.errors import UsageError
 @click.option("--model", default="base", show_default=True,
               help="'base' (the shipped world model), a model folder or a cached hub id (Stable Diffusion).")
 @click.option("--target", required=True, help="World concept, or for a real model the concept to score (free text).")
-@click.option("--budget", default="full", show_default=True, help="small (forgetting, preservation) or full (all five).")
+@budget_option("small (forgetting, preservation) or full (all five aspects).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--grid", "grid_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Save a before/after image grid (PNG).")
@@ -25,17 +26,16 @@ from igmu.errors import UsageError
                                                 "model, the one an igmu export names, else the model itself).")
 @eval_options
 @model_options
+@quiet_option
 def eval_command(model: str, target: str, budget: str, seed: int, grid_path: Path | None, as_json: bool,
                  original: str | None, precision: str, device: str | None, **options) -> None:
     """Score a generator on the five aspects for one target."""
     quiet_libraries()
     from igmu.analysis.export import exported_from
-    from igmu.metrics.base import check_budget
     from igmu.metrics.scorecard import build_context, check_evaluation, format_table, scorecard
     from igmu.models.loader import check_local, kind_of, load
 
     settings = pop_eval_settings(options, precision)
-    check_budget(budget)
     kind = kind_of(model)
     check_local(model)
     check_evaluation(kind, target, settings, model)
@@ -102,22 +102,21 @@ def _shown(values: dict) -> str:
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Save the model, changed weights, scorecard and image grid here.")
-@click.option("--budget", default="full", show_default=True, help="Evaluation budget: small or full.")
+@budget_option("Evaluation budget: small (forgetting, preservation) or full (all five aspects).")
 @click.option("--json", "as_json", is_flag=True, help="Print the scorecard as JSON.")
 @eval_options
 @model_options
+@quiet_option
 def run_command(algorithm: str, target: str, model: str, anchor: str | None, sets: tuple[str, ...], seed: int,
                 out: Path | None, budget: str, as_json: bool, precision: str, device: str | None, **options) -> None:
     """One unlearning run followed by the five-aspect scorecard plus efficiency."""
     quiet_libraries()
-    from igmu.metrics.base import check_budget
     from igmu.metrics.context import can_score
     from igmu.metrics.scorecard import build_context, check_evaluation, format_table, scorecard
     from igmu.models.loader import check_local
     from igmu.run import build_unlearner, load_model_for, model_kind_for, save_run, unlearn
 
     settings = pop_eval_settings(options, precision)
-    check_budget(budget)
     overrides = _parse_sets(sets)
     kind = model_kind_for(algorithm, model)
     check_local(model)
@@ -127,7 +126,7 @@ def run_command(algorithm: str, target: str, model: str, anchor: str | None, set
     generator = load_model_for(algorithm, model, device=device, precision=precision)
     unlearner = build_unlearner(algorithm, generator, target, overrides, seed=seed, category=settings.category,
                                 anchor=anchor, prompts=settings.prompts)
-    efficiency, changed = unlearn(unlearner, progress=not as_json)
+    efficiency, changed = unlearn(unlearner)
     generator.source = f"{algorithm}({target})"
     if scored:
         ctx = build_context(generator, target, budget, seed=seed, settings=settings)

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import click
 
+from igmu.cli.options import Choice
 from igmu.cli.output import note, quiet_libraries
+from igmu.cli.progress import end_progress, quiet_option
 from igmu.errors import UsageError
 
 
@@ -19,6 +21,7 @@ from igmu.errors import UsageError
               help="MLflow tracking URI; default: the sweep file's tracking.uri, else $MLFLOW_TRACKING_URI, "
                    "else SQLite under the results root.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted sweep; finished trials are not rerun.")
+@quiet_option
 def sweep_command(sweep_file: Path, address: str | None, storage: str | None, tracking_uri: str | None,
                   resume: bool) -> None:
     """Search an algorithm's hyperparameters (Ray Tune + Optuna + ASHA); every trial goes to MLflow."""
@@ -29,6 +32,7 @@ def sweep_command(sweep_file: Path, address: str | None, storage: str | None, tr
     from igmu.sweep.engine import run_sweep
 
     outcome = run_sweep(config, address=address, storage=storage, tracking_uri=tracking_uri, resume=resume)
+    end_progress()
     click.echo(_sweep_summary(outcome, config))
     _show_front(outcome, config, storage)
 
@@ -71,7 +75,7 @@ def _sweep_summary(outcome, config) -> str:
 
 @click.command("results")
 @click.argument("sweep")
-@click.option("--format", "fmt", type=click.Choice(["parquet", "csv", "json"]), default="json", show_default=True)
+@click.option("--format", "fmt", type=Choice(["parquet", "csv", "json"]), default="json", show_default=True)
 @click.option("--storage", default=None, help="Results root the sweep wrote to.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write here (required for parquet); default: stdout.")

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import click
 
+from igmu.cli.options import Choice
 from igmu.cli.output import emit, quiet_libraries
+from igmu.cli.progress import end_progress, quiet_option
 
 
 @click.group()
@@ -84,9 +86,11 @@ def world_check(as_json: bool, model: str, judge_images: int, generator_images: 
 @click.option("--init-from", default=None, type=click.Path(file_okay=False, exists=True),
               help="Continue training this generator folder instead of starting from scratch.")
 @click.option("--i2i-steps", default=None, type=click.IntRange(1), help="Image-to-image generator training steps.")
-@click.option("--only", type=click.Choice(["judges", "generator", "i2i"]), default=None, help="Build one part only.")
+@click.option("--only", type=Choice(["judges", "generator", "i2i"]), default=None, help="Build one part only.")
+@quiet_option
 def world_build(out: Path | None, seed: int, judge_steps: int | None, generator_steps: int | None,
-                generator_lr: float | None, init_from: str | None, i2i_steps: int | None, only: str | None) -> None:
+                generator_lr: float | None, init_from: str | None, i2i_steps: int | None, only: str | None,
+                quiet: bool) -> None:
     """Train the judges, the base generator and the image-to-image generator from scratch, seeded,
     and save them as safetensors."""
     quiet_libraries()
@@ -104,7 +108,13 @@ def world_build(out: Path | None, seed: int, judge_steps: int | None, generator_
         config.i2i_steps = i2i_steps
     config.init_from = init_from
     parts = (only,) if only else ("judges", "generator", "i2i")
-    timings = build_world(out or assets_dir(), config, log=lambda line: click.echo(line, err=True), parts=parts)
+    timings = build_world(out or assets_dir(), config, log=_build_log(quiet), parts=parts)
+    end_progress()
     click.echo(json.dumps(timings))
+
+
+def _build_log(quiet: bool):
+    """Every `log_every` steps a line on stderr: a loss history that stays in a log file, where no bar shows."""
+    return (lambda line: None) if quiet else (lambda line: click.echo(line, err=True))
 
 

@@ -13,7 +13,11 @@ from pathlib import Path
 
 import torch
 
+from igmu import progress
 from igmu.models.text_to_image import Generator
+
+# The progress line that counts the images evaluation generates (reused and loaded ones are not).
+GENERATED = "images generated"
 
 
 def model_fingerprint(generator: Generator) -> str:
@@ -53,6 +57,7 @@ class ImageCache:
             else:
                 images = generator.sample_seeded(prompts, seeds, steps=settings["steps"],
                                                  guidance=settings["guidance"], guidances=guidances)
+            progress.count(GENERATED, len(prompts))
             self._store(key, images)
         self._memory[key] = images
         return images

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from igmu import progress
 from igmu.metrics.base import metrics_for
 from igmu.metrics.cache import ImageCache
 from igmu.metrics.context import Budget, EvalSettings, budget_of, context_for
@@ -30,10 +31,22 @@ def scorecard(ctx) -> dict:
 
     Aspects a kind cannot measure are named by its context, with the reason, and left out of
     `aspects` (as the small budget leaves out what it does not run): no number is made up."""
-    aspects = {spec.name: spec.fn(ctx).to_json() for spec in metrics_for(ctx.budget.name, type(ctx))}
+    aspects = _judged_aspects(ctx)
     card = {"model": ctx.model.source, "target": ctx.target.name, "category": ctx.target.category,
             "budget": ctx.budget.name, "seed": ctx.seed, "aspects": aspects}
     return {**card, **ctx.extra_blocks()}
+
+
+def _judged_aspects(ctx) -> dict:
+    """Each metric of the budget in turn, in the aspects' order; the progress line names the one running."""
+    specs = metrics_for(ctx.budget.name, type(ctx))
+    aspects = {}
+    with progress.task("aspects judged", total=len(specs)) as shown:
+        for spec in specs:
+            shown.update(info=spec.name)
+            aspects[spec.name] = spec.fn(ctx).to_json()
+            shown.advance(info="")
+    return aspects
 
 
 # Scorecard entries that are not printed as a block of their own.

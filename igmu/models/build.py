@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from igmu import progress
 from igmu.models.judges import JUDGE_CLASSES, new_judges, save_judges
 from igmu.models.loader import load
 from igmu.models.text_to_image import Generator, PatchCodec, WorldTextToImage
@@ -86,18 +87,21 @@ def train_judges(config: BuildConfig, log=print) -> dict:
     params = [p for j in judges.values() for p in j.parameters()]
     optimizer = torch.optim.AdamW(params, lr=config.judge_lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.judge_lr, total_steps=config.judge_steps)
-    for step in range(config.judge_steps):
-        images, labels = judge_training_batch(rng, config.judge_batch)
-        images = augment(images, noise)
-        losses = {name: F.cross_entropy(judge(images), labels[name]) for name, judge in judges.items()}
-        optimizer.zero_grad()
-        sum(losses.values()).backward()
-        for judge in judges.values():  # per judge: one judge's spike must not shrink the others' steps
-            torch.nn.utils.clip_grad_norm_(judge.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        if step % config.log_every == 0 or step == config.judge_steps - 1:
-            log(f"judges step {step}: " + " ".join(f"{k}={v.item():.3f}" for k, v in losses.items()))
+    with progress.task("judges", total=config.judge_steps) as shown:
+        for step in range(config.judge_steps):
+            images, labels = judge_training_batch(rng, config.judge_batch)
+            images = augment(images, noise)
+            losses = {name: F.cross_entropy(judge(images), labels[name]) for name, judge in judges.items()}
+            optimizer.zero_grad()
+            total = sum(losses.values())
+            total.backward()
+            for judge in judges.values():  # per judge: one judge's spike must not shrink the others' steps
+                torch.nn.utils.clip_grad_norm_(judge.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            shown.advance(info=f"loss={total.item():.4f}")
+            if step % config.log_every == 0 or step == config.judge_steps - 1:
+                log(f"judges step {step}: " + " ".join(f"{k}={v.item():.3f}" for k, v in losses.items()))
     return {name: judge.eval() for name, judge in judges.items()}
 
 
@@ -150,24 +154,26 @@ def train_generator(config: BuildConfig, log=print) -> Generator:
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, config))
     alphas = gen.scheduler.alphas_cumprod
     started = time.time()
-    for step in range(config.generator_steps):
-        pairs = [training_example(rng) for _ in range(config.generator_batch)]
-        clean = gen.codec.encode(_to_tensor(render_batch([scene for _, scene in pairs])))
-        noise = torch.randn_like(clean)
-        t = torch.randint(0, len(alphas), (len(pairs),))
-        noisy = gen.scheduler.add_noise(clean, noise, t)
-        embeddings = gen.text_encoder(gen.tokenize([spec.text for spec, _ in pairs]))[0]
-        loss = F.mse_loss(gen.unet(noisy, t, encoder_hidden_states=embeddings).sample, noise)
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(modules.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        with torch.no_grad():
-            for p_ema, p in zip(ema.parameters(), modules.parameters()):
-                p_ema.lerp_(p, 1.0 - config.ema_decay)
-        if step % config.log_every == 0 or step == config.generator_steps - 1:
-            log(f"generator step {step}: loss={loss.item():.4f} ({time.time() - started:.0f}s)")
+    with progress.task("generator", total=config.generator_steps) as shown:
+        for step in range(config.generator_steps):
+            pairs = [training_example(rng) for _ in range(config.generator_batch)]
+            clean = gen.codec.encode(_to_tensor(render_batch([scene for _, scene in pairs])))
+            noise = torch.randn_like(clean)
+            t = torch.randint(0, len(alphas), (len(pairs),))
+            noisy = gen.scheduler.add_noise(clean, noise, t)
+            embeddings = gen.text_encoder(gen.tokenize([spec.text for spec, _ in pairs]))[0]
+            loss = F.mse_loss(gen.unet(noisy, t, encoder_hidden_states=embeddings).sample, noise)
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(modules.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            with torch.no_grad():
+                for p_ema, p in zip(ema.parameters(), modules.parameters()):
+                    p_ema.lerp_(p, 1.0 - config.ema_decay)
+            shown.advance(info=f"loss={loss.item():.4f}")
+            if step % config.log_every == 0 or step == config.generator_steps - 1:
+                log(f"generator step {step}: loss={loss.item():.4f} ({time.time() - started:.0f}s)")
     gen.unet, gen.text_encoder = ema[0].eval(), ema[1].eval()
     return gen
 
@@ -182,18 +188,20 @@ def train_i2i(config: BuildConfig, log=print):
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.i2i_lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.i2i_lr, total_steps=config.i2i_steps)
     started = time.time()
-    for step in range(config.i2i_steps):
-        images, _ = judge_training_batch(rng, config.i2i_batch)
-        kind = MASK_TYPES[rng.integers(len(MASK_TYPES))]
-        weights = 1.0 + (config.i2i_hidden_weight - 1.0) * model.mask(kind)
-        loss = (weights * (model(images, kind) - images) ** 2).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        if step % config.log_every == 0 or step == config.i2i_steps - 1:
-            log(f"i2i step {step}: loss={loss.item():.4f} ({time.time() - started:.0f}s)")
+    with progress.task("i2i", total=config.i2i_steps) as shown:
+        for step in range(config.i2i_steps):
+            images, _ = judge_training_batch(rng, config.i2i_batch)
+            kind = MASK_TYPES[rng.integers(len(MASK_TYPES))]
+            weights = 1.0 + (config.i2i_hidden_weight - 1.0) * model.mask(kind)
+            loss = (weights * (model(images, kind) - images) ** 2).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            shown.advance(info=f"loss={loss.item():.4f}")
+            if step % config.log_every == 0 or step == config.i2i_steps - 1:
+                log(f"i2i step {step}: loss={loss.item():.4f} ({time.time() - started:.0f}s)")
     return model.eval()
 
 

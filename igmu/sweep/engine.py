@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from igmu.metrics.context import BUDGET_SIZES_ENV
-from igmu.sweep.file import Distribution, SweepConfig, check_resources, eval_settings
+from igmu.sweep.file import GRID_SAMPLER, Distribution, SweepConfig, check_resources, eval_settings
 from igmu.sweep.results import (
     EARLY_STOPPED,
     ERROR,
@@ -135,6 +135,16 @@ def _budget_sizes_from_env() -> dict:
     return {"budget_sizes": json.loads(text)} if text else {}
 
 
+def sweep_progress(config: SweepConfig):
+    """The progress line beside Tune's table, on the sweep's first objective. With the grid sampler
+    the number of trials is the grid's, which only Tune's variant generator knows."""
+    from igmu.sweep.watch import SweepProgress
+
+    objective, mode = next(iter(config.objectives.items()))
+    total = None if config.search.sampler == GRID_SAMPLER else config.search.num_samples
+    return SweepProgress(config.name, objective, mode, total)
+
+
 def init_ray(address: str | None) -> None:
     import ray
 
@@ -209,7 +219,8 @@ def run_sweep(config: SweepConfig, *, address: str | None = None, storage: str |
             tune_config=tune.TuneConfig(search_alg=make_search_alg(config), scheduler=make_scheduler(config),
                                         num_samples=config.search.num_samples,
                                         max_concurrent_trials=config.search.max_concurrent),
-            run_config=tune.RunConfig(name="tune", storage_path=tune_storage(storage, sweep_dir), callbacks=[tracker],
+            run_config=tune.RunConfig(name="tune", storage_path=tune_storage(storage, sweep_dir),
+                                      callbacks=[tracker, sweep_progress(config)],
                                       verbose=verbose,
                                       failure_config=tune.FailureConfig(max_failures=2),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
