@@ -135,3 +135,16 @@ def test_long_commands_take_quiet():
     long_commands.append(cli.commands["world"].commands["build"])
     for command in long_commands:
         assert "--quiet" in {opt for param in command.params for opt in param.opts}, command.name
+
+
+@pytest.mark.parametrize("args", [["sweep", "sweeps/salun.yaml", "--address", "127.0.0.1:1"],
+                                  ["serve", "status", "--address", "127.0.0.1:1"],
+                                  ["serve", "stop", "--address", "ray://127.0.0.1:1"]])
+def test_a_ray_address_that_does_not_answer_fails_fast_in_one_line(args):
+    import time
+
+    started = time.monotonic()
+    result = igmu(*args)
+    assert result.returncode == 2, result.stderr
+    assert "nothing answers there" in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    assert time.monotonic() - started < 60  # it used to retry for minutes

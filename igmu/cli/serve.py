@@ -109,7 +109,10 @@ def _connect(address: str | None) -> None:
 
     if ray.is_initialized():
         return
+    from igmu.sweep.engine import check_ray_address
+
     address = address or os.environ.get("RAY_ADDRESS") or "auto"
+    check_ray_address(address)
     try:
         ray.init(address=address, log_to_driver=False, logging_level="ERROR")
     except ConnectionError as err:

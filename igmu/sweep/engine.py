@@ -9,9 +9,11 @@ import contextlib
 import dataclasses
 import json
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from igmu.errors import UsageError
 from igmu.metrics.context import BUDGET_SIZES_ENV
 from igmu.sweep.file import GRID_SAMPLER, Distribution, SweepConfig, check_resources, eval_settings
 from igmu.sweep.results import (
@@ -145,13 +147,38 @@ def sweep_progress(config: SweepConfig):
     return SweepProgress(config.name, objective, mode, total)
 
 
+# Seconds a given Ray address has to accept a TCP connection: ray.init keeps retrying an address
+# where nothing listens for minutes, so a wrong address is refused up front instead.
+ADDRESS_TIMEOUT_S = 5.0
+# Addresses that name no host: Ray resolves them itself (and fails fast when none is running).
+SYMBOLIC_ADDRESSES = ("auto", "local")
+
+
+def check_ray_address(address: str) -> None:
+    """Refuse, within ADDRESS_TIMEOUT_S, an address where no Ray head answers."""
+    if address in SYMBOLIC_ADDRESSES:
+        return
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not port.isdigit():
+        raise UsageError(f"ray address {address!r} is not host:port; valid: auto, host:port, ray://host:port")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=ADDRESS_TIMEOUT_S).close()
+    except OSError as err:
+        raise UsageError(f"ray address {address!r}: nothing answers there ({err.strerror or type(err).__name__}); "
+                         f"valid: the address of a running Ray cluster, or leave --address and $RAY_ADDRESS "
+                         f"unset for a new local Ray") from None
+
+
 def init_ray(address: str | None) -> None:
+    """Join the Ray at `address` (or $RAY_ADDRESS), which must answer; start a new local Ray only when
+    neither is given."""
     import ray
 
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
+        check_ray_address(address)
         ray.init(address=address)
     else:
         # "local" always starts a fresh Ray: a bare ray.init() would silently join any
