@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from igmu.sweep.results import (
     FINISHED,
     PARAM_PREFIX,
     REQUIRED_COLUMNS,
+    STATUSES,
     SweepSource,
     objective_directions,
 )
@@ -427,6 +429,43 @@ def front_run_ids(frontier: Frontier) -> list[str]:
     return [str(run_id) for run_id in frontier.front["mlflow_run_id"] if not _missing(run_id)]
 
 
+def summary_metrics(table: pd.DataFrame, frontier: Frontier | None) -> dict[str, float]:
+    """A sweep's summary as parent-run metrics: trials per status, and when some trial was scored the
+    front's size, its hypervolume and the best value of each objective among the scored trials."""
+    metrics = {"trials_total": float(len(table)),
+               **{f"trials_{status}": float((table["status"] == status).sum()) for status in STATUSES}}
+    if frontier is None:
+        return metrics
+    metrics["front_size"] = float(frontier.on_front.sum())
+    metrics["hypervolume"] = float(frontier.hypervolume)
+    for name, direction in zip(frontier.objectives, frontier.directions):
+        values = frontier.scored[name]
+        metrics[f"best_{name}"] = float(values.min() if direction == MINIMISE else values.max())
+    return {name: value for name, value in metrics.items() if math.isfinite(value)}
+
+
+def record_summary(source: SweepSource, metrics: Mapping[str, float]) -> str | None:
+    """Log the summary metrics to the sweep's parent run; a note when MLflow is skipped or refuses."""
+    if source.mlflow_note:
+        return source.mlflow_note
+    from mlflow.entities import Metric
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    now = int(1000 * time.time())
+    try:
+        MlflowClient(source.tracking_uri).log_batch(
+            source.parent_run_id, metrics=[Metric(name, value, now, 0) for name, value in metrics.items()])
+    except MlflowException as err:
+        return _mlflow_note(source, err)
+    return None
+
+
+def _mlflow_note(source: SweepSource, err: Exception) -> str:
+    first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return f"could not update MLflow run {source.parent_run_id} at {source.tracking_uri}: {first_line}"
+
+
 def record_front(source: SweepSource, frontier: Frontier, artifacts: Sequence[Path]) -> str | None:
     """Tag the front in MLflow and log the plot files to the parent run; return a note when skipped.
 
@@ -446,6 +485,5 @@ def record_front(source: SweepSource, frontier: Frontier, artifacts: Sequence[Pa
         for path in artifacts:
             client.log_artifact(source.parent_run_id, str(path), artifact_path=PARETO_ARTIFACT_DIR)
     except MlflowException as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        return f"could not update MLflow run {source.parent_run_id} at {source.tracking_uri}: {first_line}"
+        return _mlflow_note(source, err)
     return None

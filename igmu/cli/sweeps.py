@@ -11,6 +11,10 @@ from igmu.cli.options import Choice
 from igmu.cli.output import note, quiet_libraries
 from igmu.cli.progress import end_progress, quiet_option
 from igmu.errors import UsageError
+from igmu.sweep.ui import DEFAULT_UI_PORT, UI_HOST, experiment_url, is_tracking_server, ui_server
+
+# Experiments listed when a name is not found.
+SEARCH_LIMIT = 100
 
 
 @click.command("sweep")
@@ -38,21 +42,23 @@ def sweep_command(sweep_file: Path, address: str | None, storage: str | None, tr
 
 
 def _show_front(outcome, config, storage: str | None) -> None:
-    """Print the Pareto front on the sweep's own objectives and log its plot to the parent run."""
-    from igmu.analysis.frontier import compute_frontier, front_summary
+    """Print the Pareto front on the sweep's own objectives; give the parent run the sweep's summary
+    metrics and the front's plot, so the parent run alone says how the sweep went."""
+    from igmu.analysis.frontier import compute_frontier, front_summary, record_summary, summary_metrics
     from igmu.cli.analysis import record_sweep_front
     from igmu.sweep.results import load_sweep_table, locate_sweep
 
     click.echo(front_summary(outcome.rows, config.objectives))
     source = locate_sweep(config.name, storage, outcome.tracking_uri)
+    table = load_sweep_table(source)
     try:
-        frontier = compute_frontier(load_sweep_table(source), config.objectives, False,
-                                    label=f"sweep {config.name!r}")
+        frontier = compute_frontier(table, config.objectives, False, label=f"sweep {config.name!r}")
     except UsageError as err:  # e.g. no trial was scored: nothing to plot, the summary said why
+        frontier = None
         note(f"no Pareto plot: {err}")
-        return
-    message = record_sweep_front(source, frontier)
-    if message:
+    messages = [record_summary(source, summary_metrics(table, frontier)),
+                record_sweep_front(source, frontier) if frontier is not None else None]
+    for message in dict.fromkeys(m for m in messages if m):  # the same skip reason once
         note(message)
 
 
@@ -69,8 +75,20 @@ def _sweep_summary(outcome, config) -> str:
             best = (max if mode == "max" else min)(scored, key=lambda r: r[objective])
             lines.append(f"  best {objective}: {best[objective]:.3f}  trial {best['trial_id']} ({best['algorithm']}) "
                          f"{row_params(best)}")
-    lines.append(f"open the MLflow UI: igmu ui --tracking-uri {outcome.tracking_uri}")
+    lines.append(_ui_hint(outcome, config))
     return "\n".join(lines)
+
+
+def _ui_hint(outcome, config) -> str:
+    """Where to see the sweep: its page on a tracking server, else the `igmu ui` command and the page it serves."""
+    import shlex
+
+    url = experiment_url(ui_server(outcome.tracking_uri), outcome.experiment_id)
+    if is_tracking_server(outcome.tracking_uri):
+        return f"MLflow: {url}"
+    experiment = config.tracking.experiment or config.name
+    return (f"open the MLflow UI: igmu ui --tracking-uri {shlex.quote(outcome.tracking_uri)} "
+            f"{shlex.quote(experiment)}  (then {url})")
 
 
 @click.command("results")
@@ -97,16 +115,44 @@ def results_command(sweep: str, fmt: str, storage: str | None, out: Path | None)
 
 
 @click.command("ui")
-@click.option("--tracking-uri", default=None, help="Default: the SQLite store under the results root.")
+@click.argument("experiment", required=False)
+@click.option("--tracking-uri", default=None,
+              help="MLflow tracking URI; default: $MLFLOW_TRACKING_URI, else SQLite under the results root.")
 @click.option("--storage", default=None, help="Results root (for the default store).")
-@click.option("--port", default=5000, show_default=True, type=int)
-def ui_command(tracking_uri: str | None, storage: str | None, port: int) -> None:
-    """Open MLflow's UI on the sweep store."""
+@click.option("--port", default=DEFAULT_UI_PORT, show_default=True, type=int)
+def ui_command(experiment: str | None, tracking_uri: str | None, storage: str | None, port: int) -> None:
+    """Open MLflow's UI on the sweep store, at EXPERIMENT's runs (a sweep's experiment name; default:
+    the newest experiment). A tracking server already serves its UI: its address is printed."""
     import subprocess
 
-    from igmu.sweep.results import default_tracking_uri, results_root
+    uri, url = ui_target(tracking_uri, storage, experiment, port)
+    click.echo(f"MLflow UI: {url}")
+    if is_tracking_server(uri):  # it serves its own UI
+        return
+    sys.exit(subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+                              "--host", UI_HOST, "--port", str(port)]))
 
-    uri = tracking_uri or default_tracking_uri(results_root(storage))
-    sys.exit(subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--port", str(port)]))
+
+def ui_target(tracking_uri: str | None, storage: str | None, experiment: str | None,
+              port: int = DEFAULT_UI_PORT) -> tuple[str, str]:
+    """(tracking URI, page to open): the store every igmu command resolves (--tracking-uri, else
+    $MLFLOW_TRACKING_URI, else the results root's SQLite) and the experiment's runs in it."""
+    from igmu.sweep.results import resolve_tracking_uri, results_root
+
+    uri = resolve_tracking_uri(tracking_uri, None, results_root(storage))
+    return uri, experiment_url(ui_server(uri, port), _experiment_id(uri, experiment))
 
 
+def _experiment_id(uri: str, name: str | None) -> str | None:
+    """The named experiment's id, or the newest one's (None for an empty store)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    if name:
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            known = sorted(e.name for e in client.search_experiments(max_results=SEARCH_LIMIT))
+            raise UsageError(f"unknown experiment {name!r} in {uri}; valid: {', '.join(known) or 'none'}")
+        return found.experiment_id
+    newest = client.search_experiments(max_results=1, order_by=["creation_time DESC"])
+    return newest[0].experiment_id if newest else None

@@ -17,6 +17,7 @@ import torch
 from igmu.errors import UsageError
 from igmu.metrics.base import check_budget
 from igmu.metrics.cache import ImageCache
+from igmu.metrics.grid import GridSection
 from igmu.models.judges import Judge, expected_labels, load_world_judges
 from igmu.models.kinds import GeneratorKind, kind_names
 from igmu.models.loader import ALL_KINDS
@@ -88,8 +89,18 @@ def budget_of(context: type, name: str, overrides: dict | None = None) -> Budget
     return Budget(name, **sizes) if sizes else context.budget_sizes[name]
 
 
-# Rows of the before/after image grid of a text-to-image model.
+# Sections of the before/after image grid of a text-to-image model, and the rows of each section.
 GRID_ROWS = ("forget", "retain", "related", "paraphrase")
+ORIGINAL_ROW, EVALUATED_ROW = "original", "unlearned"
+
+
+@dataclass(frozen=True)
+class EvaluationPrompts:
+    """The prompts an evaluation draws from, per prompt set, as table rows (one dict per prompt),
+    with the file they come from: what a sweep records as its evaluation datasets."""
+
+    tables: dict[str, list[dict]]
+    source: str
 # The evaluation context class of each kind of generator that can be scored.
 CONTEXTS: dict[type[GeneratorKind], type] = {}
 
@@ -177,17 +188,23 @@ class EvalContext:
         """Scorecard entries beyond the aspects."""
         return {}
 
-    def grid_rows(self, per_row: int) -> list[torch.Tensor]:
-        """Per prompt set, (original, evaluated) image pairs across."""
-        rows = []
-        for name in GRID_ROWS:
-            if not self.prompt_specs[name]:
-                continue
-            original = self.images(name, original=True)[:per_row]
-            evaluated = self.images(name)[:per_row]
-            pairs = torch.stack([original, evaluated], dim=1).flatten(0, 1)  # o0 e0 o1 e1 ...
-            rows.append(torch.cat(list(pairs), dim=2))
-        return rows
+    def grid_sections(self, per_row: int) -> list[GridSection]:
+        """Per prompt set, the original and the evaluated model's images of its first prompts."""
+        return [GridSection(name, {ORIGINAL_ROW: self.images(name, original=True)[:per_row],
+                                   EVALUATED_ROW: self.images(name)[:per_row]},
+                            [p.text for p in self.prompt_specs[name][:per_row]])
+                for name in GRID_ROWS if self.prompt_specs[name]]
+
+    @classmethod
+    def evaluation_prompts(cls, kind, target: str, settings: EvalSettings) -> EvaluationPrompts:
+        """Every prompt of the target's world prompt sets (the evaluation draws its budget from these)."""
+        import igmu.world.prompts as world_prompts
+
+        sets = world_prompts.prompt_sets(get_concept(kind.normalise_target(target)).name)
+        tables = {name: [{"text": p.text, "kind": p.kind, "lang": p.lang, "object": p.object or "",
+                          "style": p.style or "", "character": p.character or "", "hazard": p.hazard}
+                         for p in getattr(sets, name)] for name in GRID_ROWS}
+        return EvaluationPrompts(tables, source=world_prompts.__file__)
 
     def images(self, set_name: str, original: bool = False, replica: int = 0) -> torch.Tensor:
         """Images of a prompt set from the evaluated model, or (reference seeds) the original model;

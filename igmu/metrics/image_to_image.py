@@ -21,7 +21,18 @@ import torch
 import torch.nn.functional as F
 
 from igmu.metrics.base import MetricResult, register_metric
-from igmu.metrics.context import BUDGET_SIZES, Budget, EvalSettings, check_world_settings, evaluates, target_detected
+from igmu.metrics.context import (
+    BUDGET_SIZES,
+    EVALUATED_ROW,
+    ORIGINAL_ROW,
+    Budget,
+    EvalSettings,
+    EvaluationPrompts,
+    check_world_settings,
+    evaluates,
+    target_detected,
+)
+from igmu.metrics.grid import GridSection
 from igmu.metrics.quality import relative_frechet
 from igmu.models.image_to_image import MASK_TYPES, I2IGenerator, WorldImageToImage
 from igmu.models.judges import Judge, load_world_judges
@@ -31,6 +42,7 @@ from igmu.world.concepts import Concept, get_concept
 # Evaluation renders come from seeds no training or unlearning set uses.
 EVAL_SEED_OFFSET = 40_000
 SETS = ("forget", "retain")
+REAL_ROW = "real"
 NOT_APPLICABLE = {
     "alignment": "an image-to-image generator takes no prompt, so there is no prompt to align with",
     "robustness": "the prompt attacks (paraphrases, translations, UnlearnDiffAtk) need a text input",
@@ -84,15 +96,18 @@ class I2IEvalContext:
         """The aspects an image-to-image generator cannot be scored on, and the embedding similarities."""
         return {"not_applicable": dict(NOT_APPLICABLE), "i2i": similarity_block(self)}
 
-    def grid_rows(self, per_row: int) -> list[torch.Tensor]:
-        """Per set and mask type: (real image, original model's output, evaluated model's output) triples."""
-        rows = []
-        for name in SETS:
-            for mask in MASK_TYPES:
-                triples = torch.stack([self.real[name][:per_row], self.outputs(name, mask, original=True)[:per_row],
-                                       self.outputs(name, mask)[:per_row]], dim=1).flatten(0, 1)
-                rows.append(torch.cat(list(triples), dim=2))
-        return rows
+    def grid_sections(self, per_row: int) -> list[GridSection]:
+        """Per set and mask type: the real images, then the original and the evaluated model's
+        completions of them masked. No prompt drives them, so the columns have no captions."""
+        return [GridSection(f"{name}, {mask} mask", {REAL_ROW: self.real[name][:per_row],
+                                                     ORIGINAL_ROW: self.outputs(name, mask, original=True)[:per_row],
+                                                     EVALUATED_ROW: self.outputs(name, mask)[:per_row]})
+                for name in SETS for mask in MASK_TYPES]
+
+    @classmethod
+    def evaluation_prompts(cls, kind, target: str, settings: EvalSettings) -> EvaluationPrompts:
+        """None: an image-to-image generator is evaluated on rendered images, not prompts."""
+        return EvaluationPrompts({}, source="")
 
     def outputs(self, set_name: str, mask: str, original: bool = False) -> torch.Tensor:
         """The (evaluated or original) generator's images for the masked real images of a set."""

@@ -9,6 +9,7 @@ fake nudity forgetting, so evaluation scores the model's raw output and says so 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -16,12 +17,24 @@ import torch.nn.functional as F
 
 from igmu.errors import UsageError
 from igmu.metrics.cache import ImageCache
-from igmu.metrics.context import GRID_ROWS, REFERENCE_SEED_OFFSET, Budget, EvalSettings, evaluates, spread
+from igmu.metrics.context import (
+    EVALUATED_ROW,
+    GRID_ROWS,
+    ORIGINAL_ROW,
+    REFERENCE_SEED_OFFSET,
+    Budget,
+    EvalSettings,
+    EvaluationPrompts,
+    evaluates,
+    spread,
+)
+from igmu.metrics.grid import GridSection
 from igmu.models.real_judge_config import load_judges_config
 from igmu.models.real_judge_set import RealJudges, labels_with
 from igmu.models.real_judges import check_nudenet, locate_clip
 from igmu.models.text_to_image import SCHEDULERS, Generator, StableDiffusion
 from igmu.prompts import SPLITS, Prompt, PromptSets, category_spec, prompt_sets_from_file, shipped_prompt_sets
+from igmu.prompts.spec import PROMPTS_DIR
 
 REAL_BUDGET_SIZES = {
     "small": Budget("small", forget=16, retain=32, related=16, paraphrase=0),
@@ -230,15 +243,23 @@ class RealEvalContext:
     def _split_name(self) -> str:
         return next(iter({p.split for p in self.prompt_specs["forget"]}), "")
 
-    def grid_rows(self, per_row: int) -> list[torch.Tensor]:
-        rows = []
-        for name in GRID_ROWS:
-            if not self.prompt_specs[name]:
-                continue
-            pairs = torch.stack([thumbnails(self.images(name, original=True)[:per_row]),
-                                 thumbnails(self.images(name)[:per_row])], dim=1).flatten(0, 1)
-            rows.append(torch.cat(list(pairs), dim=2))
-        return rows
+    def grid_sections(self, per_row: int) -> list[GridSection]:
+        """Per prompt set, thumbnails of the original and the evaluated model's images of its first prompts."""
+        return [GridSection(name, {ORIGINAL_ROW: thumbnails(self.images(name, original=True)[:per_row]),
+                                   EVALUATED_ROW: thumbnails(self.images(name)[:per_row])},
+                            [p.text for p in self.prompt_specs[name][:per_row]])
+                for name in GRID_ROWS if self.prompt_specs[name]]
+
+    @classmethod
+    def evaluation_prompts(cls, kind, target: str, settings: EvalSettings) -> EvaluationPrompts:
+        """The prompts of the evaluated split of the target's prompt sets (shipped, or the user's file)."""
+        category = kind.category_of(target, settings.category)
+        sets = load_prompt_sets(canonical_target(target, category), category, settings)
+        tables = {name: [{"text": p.text, "seed": p.seed, "split": p.split, "label": p.label or "",
+                          "category": p.category or "", "lang": p.lang} for p in sets.sets.get(name, ())]
+                  for name in GRID_ROWS}
+        source = settings.prompts or str(PROMPTS_DIR)
+        return EvaluationPrompts(tables, source=str(Path(source).resolve()))
 
 
 # Retain-prompt categories a CLIP zero-shot judge can check (scenes carry no label).

@@ -32,7 +32,7 @@ from igmu.sweep.results import (
     update_sweep_state,
     write_table,
 )
-from igmu.sweep.tracking import MlflowTracker, finish_parent, record_weights, start_parent_run
+from igmu.sweep.tracking import MlflowTracker, finish_parent, prompt_datasets, record_weights, start_parent_run
 
 
 @dataclass
@@ -43,6 +43,7 @@ class SweepOutcome:
     tracking_uri: str
     parent_run_id: str
     rows: list[dict]
+    experiment_id: str = ""
 
 
 def tune_storage(storage: str | None, sweep_dir: Path) -> str:
@@ -232,8 +233,12 @@ def run_sweep(config: SweepConfig, *, address: str | None = None, storage: str |
     experiment_id, parent = start_parent_run(client, config.tracking.experiment or config.name, config.name,
                                              sweep_dir / STATE_FILE, Path(config.path).read_text())
     update_sweep_state(sweep_dir / STATE_FILE, objectives=dict(config.objectives))
+    datasets = prompt_datasets(evaluation_prompts(config), config.target)
+    if datasets:
+        client.log_inputs(parent, datasets=datasets)
     tracker = MlflowTracker(uri, experiment_id, parent, tags={SWEEP_TAG: config.name, "target": config.target,
-                                                              "category": sweep_category(config)})
+                                                              "category": sweep_category(config)},
+                            searched=searched_params(config), datasets=datasets)
     space = {**to_tune_space(config), SETTINGS_KEY: trial_settings(config, sweep_dir, **(extra_settings or {}))}
     trainable = tune.with_resources(run_trial, {"cpu": config.resources.cpu, "gpu": config.resources.gpu})
     tune_dir = f"{tune_storage(storage, sweep_dir)}/tune"
@@ -251,7 +256,7 @@ def run_sweep(config: SweepConfig, *, address: str | None = None, storage: str |
                                       verbose=verbose,
                                       failure_config=tune.FailureConfig(max_failures=2),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
-    with judges_service(config.eval.judges, config):
+    with judges_service(config.eval.judges, config), driver_system_metrics(uri, parent, resume):
         grid = tuner.fit()
     rows = result_rows(grid, MlflowClient(uri), experiment_id, parent)
     table = write_table(rows, sweep_dir / TABLE_FILE)
@@ -259,7 +264,38 @@ def run_sweep(config: SweepConfig, *, address: str | None = None, storage: str |
     record_weights(client, parent, rows, kept_trials(rows, config.objectives, config.tracking.keep_weights),
                    sweep_dir / TRIALS_DIR, config.tracking.keep_weights)
     finish_parent(client, parent)
-    return SweepOutcome(config.name, sweep_dir, table, uri, parent, rows)
+    return SweepOutcome(config.name, sweep_dir, table, uri, parent, rows, experiment_id)
+
+
+def searched_params(config: SweepConfig) -> dict[str, list[str]]:
+    """Per algorithm, the hyperparameters the sweep searches (a distribution, not a fixed value)."""
+    return {name: [key for key, value in space.params.items() if isinstance(value, Distribution)]
+            for name, space in config.algorithms.items()}
+
+
+def evaluation_prompts(config: SweepConfig):
+    """The prompt sets every trial is evaluated on, as the evaluation context of the sweep's model lists them."""
+    from igmu.metrics.context import context_for
+
+    kind = sweep_kind(config)
+    settings = eval_settings(config.category, config.prompts, config.precision, config.eval)
+    return context_for(kind).evaluation_prompts(kind, config.target, settings)
+
+
+@contextlib.contextmanager
+def driver_system_metrics(tracking_uri: str, parent_run_id: str, resume: bool):
+    """MLflow's system metrics (CPU, memory, disk, network, GPU) of the driver's machine, logged to the
+    parent run while the sweep runs. MLflow's monitor writes to any run id it is given, so no fluent
+    `mlflow.start_run` is needed; it samples every $MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL seconds
+    (10 by default) and, on a resumed sweep, continues the parent's steps instead of restarting at 0."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(parent_run_id, resume_logging=resume, tracking_uri=tracking_uri)
+    monitor.start()
+    try:
+        yield monitor
+    finally:
+        monitor.finish()
 
 
 def result_rows(grid, client, experiment_id: str, parent_run_id: str) -> list[dict]:

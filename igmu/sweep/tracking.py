@@ -18,6 +18,7 @@ from pathlib import Path
 from ray.tune import Callback
 
 from igmu.metrics.base import ASPECTS
+from igmu.sweep.provenance import environment_tags
 from igmu.sweep.results import (
     EARLY_STOPPED,
     HMEAN,
@@ -26,7 +27,7 @@ from igmu.sweep.results import (
     WEIGHTS_MANIFEST,
     update_sweep_state,
 )
-from igmu.sweep.trainable import FINAL, SETTINGS_KEY
+from igmu.sweep.trainable import ENVIRONMENT, FINAL, LOSS_PREFIX, LOSS_STEPS, SETTINGS_KEY
 
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "igmu.trial_id"
@@ -38,18 +39,29 @@ WEIGHTS_BYTES = "weights_bytes"
 # On the parent run: the retention policy, and how many trials it kept with how many bytes.
 KEEP_WEIGHTS_TAG = "igmu.keep_weights"
 WEIGHTS_KEPT, WEIGHTS_KEPT_BYTES = "weights_kept", "weights_kept_bytes"
+# MLflow 3's UI opens an experiment in GenAI mode unless it is tagged as model development; the value
+# is the UI's `ExperimentKind.CUSTOM_MODEL_DEVELOPMENT` (mlflow/server/js, MLflow 3.17).
+EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+# A trial run's name: the algorithm and its settings, searched ones first, cut to this many characters.
+RUN_NAME_LENGTH = 80
+# MLflow's limit on metrics in one log_batch call.
+MAX_METRICS_PER_BATCH = 1000
+# How MLflow marks what a dataset input was used for.
+DATASET_CONTEXT_TAG, EVALUATION_CONTEXT = "mlflow.data.context", "evaluation"
 
 
 def start_parent_run(client, experiment: str, sweep_name: str, state_file: Path, config_text: str) -> tuple[str, str]:
     """(experiment_id, parent_run_id); a resumed sweep reuses the parent recorded in `state_file`."""
     found = client.get_experiment_by_name(experiment)
     experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
     if state_file.is_file():
         recorded = json.loads(state_file.read_text())
         if recorded.get("experiment_id") == experiment_id:
             client.update_run(recorded["parent_run_id"], status="RUNNING")
+            _set_tags(client, recorded["parent_run_id"], environment_tags())  # the code that resumed it
             return experiment_id, recorded["parent_run_id"]
-    parent = client.create_run(experiment_id, run_name=sweep_name, tags={SWEEP_TAG: sweep_name})
+    parent = client.create_run(experiment_id, run_name=sweep_name, tags={SWEEP_TAG: sweep_name, **environment_tags()})
     client.log_text(parent.info.run_id, config_text, "sweep.yaml")
     update_sweep_state(state_file, experiment_id=experiment_id, parent_run_id=parent.info.run_id)
     return experiment_id, parent.info.run_id
@@ -58,19 +70,27 @@ def start_parent_run(client, experiment: str, sweep_name: str, state_file: Path,
 class MlflowTracker(Callback):
     """Mirror trial results into nested MLflow runs (the results table joins them by trial tag)."""
 
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, tags: dict[str, str]):
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, tags: dict[str, str],
+                 searched: dict[str, list[str]] | None = None, datasets: list | None = None):
+        """`searched`: algorithm -> the hyperparameters the sweep searches (they lead each run's name);
+        `datasets`: MLflow dataset inputs every trial run records (the evaluation prompt sets)."""
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri)
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.tags = tags
+        self.searched = searched or {}
+        self.datasets = datasets or []
         self.run_ids: dict[str, str] = {}
+        self.described: set[str] = set()  # trials whose run carries its worker's environment tags
 
     # --- Tune callback hooks -------------------------------------------------------------
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run_id = self._run_for(trial)
         step = int(result.get("step", result.get("training_iteration", 0)))
+        self._describe(trial, run_id, result.get(ENVIRONMENT))
+        self._log_metrics(run_id, loss_metrics(result.get(LOSS_STEPS) or []))
         metrics = {k: float(v) for k, v in result.items() if k in (*ASPECTS, HMEAN)
                    and _finite(v)}
         if result.get(FINAL):
@@ -105,12 +125,27 @@ class MlflowTracker(Callback):
             algorithm, overrides = trial_params(trial.config)
             settings = trial.config[SETTINGS_KEY]
             params = resolved_params(algorithm, overrides, settings.get("category"), kind_named(settings.get("kind")))
-            tags = {**self.tags, PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial.trial_id,
+            # The driver's record until the trial's first report brings its worker's (see _describe).
+            tags = {**environment_tags(), **self.tags, PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial.trial_id,
                     "algorithm": algorithm, "status": "running", "early_stopped": "false"}
-            run_id = self.client.create_run(self.experiment_id, run_name=str(trial), tags=tags).info.run_id
+            name = trial_run_name(algorithm, overrides, self.searched.get(algorithm, ()))
+            run_id = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
             self.client.log_batch(run_id, params=_param_list(params))
+            if self.datasets:
+                self.client.log_inputs(run_id, datasets=self.datasets)
         self.run_ids[trial.trial_id] = run_id
         return run_id
+
+    def _log_metrics(self, run_id: str, metrics: list) -> None:
+        """In batches MLflow accepts: a long stretch between evaluations carries many loss points."""
+        for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+            self.client.log_batch(run_id, metrics=metrics[start:start + MAX_METRICS_PER_BATCH])
+
+    def _describe(self, trial, run_id: str, environment: Mapping | None) -> None:
+        """Tag the run with the code and machine record of the worker that ran the trial, once."""
+        if environment and trial.trial_id not in self.described:
+            _set_tags(self.client, run_id, {str(k): str(v) for k, v in environment.items()})
+            self.described.add(trial.trial_id)
 
     def _close(self, trial, status: str, early_stopped: bool) -> None:
         run_id = self._run_for(trial)
@@ -125,6 +160,66 @@ class MlflowTracker(Callback):
             for path in sorted(Path(folder).iterdir()):
                 if path.name != WEIGHTS_DIR:
                     self.client.log_artifact(run_id, str(path))
+
+
+def trial_run_name(algorithm: str, overrides: Mapping, searched: Iterable[str] = (),
+                   limit: int = RUN_NAME_LENGTH) -> str:
+    """`esd lr=3.2e-04 negative_guidance=1.7`: the algorithm, then its searched settings, then the
+    sweep file's fixed ones, shortened, and whole settings dropped from the end past `limit` characters."""
+    searched = [key for key in searched if key in overrides]
+    keys = searched + sorted(key for key in overrides if key not in searched)
+    name = algorithm
+    for key in keys:
+        part = f"{key}={short_value(overrides[key])}"
+        if len(name) + 1 + len(part) > limit:
+            break
+        name = f"{name} {part}"
+    return name
+
+
+def short_value(value) -> str:
+    """Short: two significant digits in scientific notation for the tiny and the huge (learning
+    rates), three otherwise, whole numbers as integers."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, int) or float(value).is_integer():
+        return str(int(value))
+    return f"{value:.1e}" if abs(value) < 1e-2 or abs(value) >= 1e4 else f"{value:.3g}"
+
+
+def loss_metrics(steps: Iterable[Mapping]):
+    """Each step's unlearning losses as `loss_<name>` metrics at that step: the per-run loss curves."""
+    from mlflow.entities import Metric
+
+    now = int(1000 * time.time())
+    return [Metric(f"{LOSS_PREFIX}{name}", float(value), now, int(entry["step"]))
+            for entry in steps for name, value in entry.items() if name != "step" and _finite(value)]
+
+
+def _set_tags(client, run_id: str, tags: Mapping[str, str]) -> None:
+    from mlflow.entities import RunTag
+
+    client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
+
+
+def prompt_datasets(prompts, name: str) -> list:
+    """The evaluation prompt sets (`EvaluationPrompts`) as MLflow dataset inputs, one per non-empty
+    set, named `<name>/<set>`, used for evaluation."""
+    import warnings
+
+    import mlflow.data
+    import pandas as pd
+    from mlflow.entities import DatasetInput, InputTag
+
+    inputs = []
+    for set_name, rows in prompts.tables.items():
+        if not rows:
+            continue
+        with warnings.catch_warnings():  # a local path matches MLflow's "" and "file" sources alike
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_pandas(pd.DataFrame(rows), name=f"{name}/{set_name}", source=prompts.source)
+        inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(DATASET_CONTEXT_TAG, EVALUATION_CONTEXT)]))
+    return inputs
 
 
 def _finite(value) -> bool:

@@ -23,6 +23,7 @@ from igmu.metrics.cache import ImageCache
 from igmu.metrics.context import Budget, EvalSettings, context_for
 from igmu.metrics.scorecard import build_context, scorecard
 from igmu.run import build_unlearner, changed_since, load_model_for, module_states, peak_memory_mb
+from igmu.sweep.provenance import environment_tags
 from igmu.sweep.results import CHANGED_FILE, HMEAN, WEIGHTS_DIR, WEIGHTS_MANIFEST
 from igmu.sweep.space import trial_params
 
@@ -30,6 +31,11 @@ SETTINGS_KEY = "igmu"
 # Marks the report that carries the full scorecard. Not "done": Tune reserves that result key.
 FINAL = "final"
 STATE_FILE = "state.pt"
+# Report keys: the last step's unlearning losses (`loss_<name>`), every step's losses since the previous
+# report (the driver logs them as per-step curves), and the worker's code and machine record.
+LOSS_PREFIX = "loss_"
+LOSS_STEPS = "loss_steps"
+ENVIRONMENT = "environment"
 
 
 def harmonic_mean(a: float, b: float) -> float:
@@ -56,6 +62,9 @@ def run_trial(config: dict) -> None:
     trial_dir = Path(settings["out_dir"]) / tune.get_context().get_trial_id()
     eval_every = max(1, int(settings["eval_every"]))
     started = time.time() - elapsed
+    # Losses of the steps since the last report: reports happen only at evaluations (ASHA counts
+    # reports), so each one carries the curve between them.
+    pending: list[dict] = []
 
     def evaluate(budget: str) -> dict:
         sizes = settings.get("budget_sizes", {}).get(budget)  # smaller budgets for tests and smoke runs
@@ -64,7 +73,8 @@ def run_trial(config: dict) -> None:
                             settings=evaluation)
         return scorecard(ctx), ctx
 
-    def on_step(step: int, _losses: dict) -> None:
+    def on_step(step: int, losses: dict) -> None:
+        pending.append({"step": step, **{name: float(value) for name, value in losses.items()}})
         last = step >= unlearner.total_steps
         if step % eval_every and not last:
             return
@@ -74,7 +84,8 @@ def run_trial(config: dict) -> None:
         generator.train_mode(False)
         card, ctx = evaluate(settings["final_budget"] if last else settings["interim_budget"])
         generator.train_mode(True)
-        metrics = _metrics(card, step, last)
+        metrics = {**_metrics(card, step, last), **loss_entries(pending), ENVIRONMENT: environment_tags()}
+        pending.clear()
         for objective in settings["objectives"]:  # searchers need every objective in every report
             metrics.setdefault(objective, math.nan)
         if last:
@@ -83,6 +94,12 @@ def run_trial(config: dict) -> None:
         _report(metrics, unlearner, time.time() - started)
 
     run_unlearning(unlearner, on_step=on_step, prepared=True)
+
+
+def loss_entries(steps: list[dict]) -> dict:
+    """The report's loss keys: the latest step's losses as scalars and every step's as a list."""
+    latest = {f"{LOSS_PREFIX}{name}": value for name, value in (steps[-1] if steps else {}).items() if name != "step"}
+    return {**latest, LOSS_STEPS: [dict(entry) for entry in steps]}
 
 
 def trial_judges(place: str, generator, evaluation: EvalSettings):
