@@ -21,6 +21,8 @@ def labels_with(labels: tuple[str, ...], target: str | None) -> tuple[str, ...]:
 
 
 class RealJudges:
+    """NudeNet and CLIP for one evaluation, loaded on first use, with zero-shot judges cached per label set."""
+
     def __init__(self, config: RealJudgesConfig | None = None, device: str | torch.device = "cpu"):
         self.config = config or RealJudgesConfig()
         self.device = device
