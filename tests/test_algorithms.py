@@ -108,7 +108,25 @@ def test_esd_u_leaves_cross_attention_alone(world):
     before = snapshot(world.unet)
     run_unlearning(esd)
     changed = [k for k, v in world.unet.state_dict().items() if not torch.equal(before[k], v)]
-    assert changed and not any("attn2" in k for k in changed)
+    assert changed and not any("attn2" in k or k.split(".")[0] in ("time_embedding", "conv_norm_out", "conv_out")
+                               for k in changed)
+
+
+def test_esd_u_selection_leaves_out_cross_attention_time_embedding_and_output_layers(world):
+    from igmu.algorithms.common import select_parameters
+
+    names = set(select_parameters(world.unet, "noxattn"))
+    every = {n for n, _ in world.unet.named_parameters()}
+    left_out = every - names
+    # The legacy ESD-u exclusions, in diffusers names: attn2, time_embed -> time_embedding,
+    # out.0 / out.2 -> conv_norm_out / conv_out.
+    assert left_out == {n for n in every if "attn2" in n or n.split(".")[0] in
+                        ("time_embedding", "conv_norm_out", "conv_out")}
+    assert any(n.startswith("time_embedding.") for n in left_out)
+    assert {"conv_out.weight", "conv_norm_out.weight"} <= left_out
+    assert any(".resnets." in n for n in names) and any(".attn1." in n for n in names)
+    # The resnets' own time projections are not the time embedding and stay trainable.
+    assert any("time_emb_proj" in n for n in names)
 
 
 @pytest.mark.parametrize("reference", ["unconditional", "anchor"])
@@ -146,6 +164,49 @@ def test_salun_mask_fraction_and_masked_gradients_are_zero(world):
     salun.mask_gradients()
     for name, param in salun.trained.items():
         assert torch.all(param.grad[salun.masks[name] == 0] == 0), name
+
+
+def test_salun_mask_ranks_the_summed_signed_gradient_not_the_summed_magnitudes(world):
+    from igmu.algorithms.common import PromptImages
+
+    salun = build_unlearner("salun", world, "ball", tiny_overrides("salun", batch_size=2, threshold=1 / 3), seed=0)
+    w = torch.nn.Parameter(torch.zeros(3))
+    salun.trained = {"w": w}
+    salun.forget = PromptImages(index=[0, 0, 0, 0], latents=torch.zeros(4, 1))
+    # Two batches whose gradients on w[0] and w[2] nearly cancel: |sum| = [0, 2.5, 0.1], while the
+    # sum of magnitudes [2, 2.5, 5.9] would rank w[2] first.
+    per_batch = iter([torch.tensor([1.0, 2.0, 3.0]), torch.tensor([-1.0, 0.5, -2.9])])
+    salun.mask_loss = lambda clean, prompts: (w * next(per_batch)).sum()
+    masks = salun.saliency_masks()
+    assert masks["w"].tolist() == [0.0, 1.0, 0.0]
+    assert top_fraction_masks({"w": torch.tensor([2.0, 2.5, 5.9])}, 1 / 3)["w"].tolist() == [0.0, 0.0, 1.0]
+
+
+def test_salun_mask_is_the_top_fraction_of_the_forget_set_gradient(world):
+    from igmu.algorithms.common import noised
+
+    salun = build_unlearner("salun", world, "ball", tiny_overrides("salun", threshold=0.3), seed=0)
+    salun.prepare()
+    state = salun.rng.get_state()
+    masks = salun.saliency_masks()
+    salun.rng.set_state(state)
+    # The guided forget loss of each forget batch, its gradient computed here and summed with signs.
+    w, params = salun.params.mask_guidance, list(salun.trained.values())
+    total, magnitudes = [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params]
+    for start in range(0, len(salun.forget.latents), salun.params.batch_size):
+        clean = salun.forget.latents[start:start + salun.params.batch_size]
+        prompts = [salun.task.forget_prompts[i] for i in salun.forget.index[start:start + len(clean)]]
+        x_t, t, target = noised(world, clean, salun.rng)
+        cond = world.unet(x_t, t, encoder_hidden_states=world.encode_prompt(prompts)).sample
+        uncond = world.unet(x_t, t, encoder_hidden_states=world.encode_prompt([""] * len(clean))).sample
+        grads = torch.autograd.grad(-F.mse_loss(target, (1 + w) * cond - w * uncond), params)
+        total = [a + g for a, g in zip(total, grads)]
+        magnitudes = [a + g.abs() for a, g in zip(magnitudes, grads)]
+    names = list(salun.trained)
+    expected = top_fraction_masks({n: g.abs() for n, g in zip(names, total)}, 0.3)
+    assert all(torch.equal(masks[n], expected[n]) for n in names)
+    summed_magnitudes = top_fraction_masks(dict(zip(names, magnitudes)), 0.3)
+    assert not all(torch.equal(masks[n], summed_magnitudes[n]) for n in names)
 
 
 def test_salun_forget_loss_is_random_labelling(world):

@@ -52,7 +52,9 @@ class Unlearner:
     generator_kinds: ClassVar[tuple[type[GeneratorKind], ...]] = ()
     Params: ClassVar[type] = CommonParams
     # Defaults on world kinds that differ by target category, measured on the world model (e.g. a
-    # faster rate for the small hazard badge). Applied under the user's overrides by `make_params`.
+    # faster rate for the small hazard badge), not the papers' per-category choices: ESD, say, runs
+    # ESD-x on every world category, since that is what its world figures were measured with.
+    # Applied under the user's overrides by `make_params`.
     category_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
     # How the result exports: True when the changed weights alone carry the unlearning, so a saved
     # Stable Diffusion model is a stock diffusers pipeline. False for methods that change the sampler
@@ -63,7 +65,7 @@ class Unlearner:
     # the official code's values for SD 1.x replace the world-rescaled `Params` defaults ...
     official_defaults: ClassVar[dict[str, Any]] = {}
     # ... and the papers' own per-category choices (e.g. ESD-u for nudity and objects, ESD-x for
-    # styles) replace `category_defaults`.
+    # styles) replace `category_defaults`. These apply only there.
     official_category_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, generator: Generator, task: UnlearningTask, params=None, seed: int = 0):

@@ -18,9 +18,20 @@ PARAMETER_SETS: tuple[str, ...] = ("full", "xattn", "noxattn", "xattn-kv", "attn
 ATTENTION_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out")
 
 
+# ESD-u's `noxattn` also leaves out the UNet's time embedding and its final output layers, which
+# the CompVis UNet names `time_embed.*` and `out.*` (out.0 its norm, out.2 its conv). Their diffusers
+# names are the prefixes below. The per-block time projections of the resnets (CompVis
+# `emb_layers`, diffusers `time_emb_proj`) are not the time embedding and stay in.
+NOXATTN_EXCLUDED_PREFIXES = ("time_embedding.", "conv_norm_out.", "conv_out.")
+
+
 def is_selected(name: str, which: str) -> bool:
-    """ESD's naming, which ports unchanged from CompVis to diffusers: attn2 = cross-attention;
-    `attn` is CA's group of all attention projections (its nudity recipe)."""
+    """ESD's parameter sets, in diffusers names. `attn2` (cross-attention) is the same name in
+    CompVis and diffusers, so `xattn` = every attn2 tensor (ESD-x) and `xattn-kv` = attn2's key and
+    value projections. `noxattn` (ESD-u) = everything but attn2, the time embedding and the output
+    layers: CompVis `time_embed.*` -> diffusers `time_embedding.*`, CompVis `out.0` / `out.2` ->
+    `conv_norm_out` / `conv_out`. `attn` is CA's group of all attention projections (its nudity
+    recipe)."""
     if which == "full":
         return True
     if which == "xattn":
@@ -28,7 +39,7 @@ def is_selected(name: str, which: str) -> bool:
     if which == "xattn-kv":
         return "attn2.to_k" in name or "attn2.to_v" in name
     if which == "noxattn":
-        return "attn2" not in name
+        return "attn2" not in name and not name.startswith(NOXATTN_EXCLUDED_PREFIXES)
     if which == "attn":
         return any(projection in name for projection in ATTENTION_PROJECTIONS)
     raise ValueError(f"unknown parameter set {which!r}; valid: {', '.join(PARAMETER_SETS)}")

@@ -21,15 +21,20 @@ from igmu.models.text_to_image import TEXT_TO_IMAGE
 @dataclass
 class ESDParams(CommonParams):
     """The defaults below are rescaled for the world model (2.7M parameters, 10-step sampler at
-    guidance 2): lr 1e-4, 200 steps, batch 4, 10 DDIM steps; `train_method` xattn is ESD-x, noxattn
-    is ESD-u. On Stable Diffusion `ESD.official_defaults` apply instead, the legacy CompVis script's
-    (train-esd.py): lr 1e-5, 1000 iterations, eta 1, batch 1, start guidance 3, 50 DDIM steps, the
-    empty prompt as reference; ESD-x (the current esd_sd.py's default) unless the paper's category
-    choice says otherwise (ESD-u for nudity and objects, ESD-x for styles).
-    `reference`: the paper trains on the concept's bare name ("nudity"), so its unconditional
-    epsilon*(x_t) is the concept removed. World prompts are composite ("a ember ball with a hazard
-    mark"); there the prompt without the target plays that role, and the push is along the concept
-    alone instead of away from the whole scene."""
+    guidance 2): lr 1e-4, 200 steps, batch 4, 10 DDIM steps. `train_method` xattn is ESD-x (every
+    cross-attention tensor), noxattn is ESD-u (everything but cross-attention, the time embedding
+    and the output layers). On the world every category runs ESD-x: its figures are measured so
+    (`ESD.category_defaults` change only the hazard badge's reference and rate). On Stable Diffusion
+    `ESD.official_defaults` apply instead, the legacy CompVis script's (train-esd.py): lr 1e-5, 1000
+    iterations, eta 1, batch 1, start guidance 3, 50 DDIM steps, the empty prompt as reference; ESD-x
+    (the current esd_sd.py's default) unless the paper's category choice says otherwise
+    (`ESD.official_category_defaults`: ESD-u for nudity and objects, ESD-x for styles).
+    `reference`: the paper's epsilon*(x_t) is the unconditional prediction (the empty prompt), and it
+    trains on the concept's bare name ("nudity"), so pushing away from epsilon*(x_t, c) is pushing
+    away from the concept alone. `anchor` is igmu's variant, not the paper's: world prompts are
+    composite ("a ember ball with a hazard mark"), and there the prompt without the target takes
+    the unconditional's place, so the push is along the concept alone instead of away from the whole
+    scene. The world's sensitive category uses it by default; everything else uses the paper's."""
 
     lr: float = hyperparameter(1e-4, 1e-7, 1e-1, "Adam learning rate", log=True)
     steps: int = hyperparameter(200, 1, 100_000, "optimisation steps")
@@ -39,7 +44,9 @@ class ESDParams(CommonParams):
     start_guidance: float = hyperparameter(2.0, 1.0, 20.0, "CFG scale of the partial sampling")
     ddim_steps: int = hyperparameter(10, 2, 1000, "sampler steps; x_t is taken at a random one")
     reference: Literal["unconditional", "anchor"] = hyperparameter(
-        "unconditional", doc="epsilon*(x_t) of Eq. (3): the empty prompt, or the forget prompt without the target")
+        "unconditional",
+        doc="epsilon*(x_t) of Eq. (3): the empty prompt (the paper's), or the forget prompt without the target "
+            "(anchor: igmu's variant for composite prompts)")
 
 
 def esd_target(frozen_uncond: torch.Tensor, frozen_cond: torch.Tensor, eta: float) -> torch.Tensor:
@@ -55,6 +62,8 @@ class ESD(Unlearner):
     paper = "Gandikota et al., Erasing Concepts from Diffusion Models, ICCV 2023 (arXiv 2303.07345)"
     repo = "https://github.com/rohitgandikota/erasing"
     Params = ESDParams
+    # Every world category keeps the ESD-x default (the measured figures are ESD-x's); on SD the
+    # paper's per-category layer choice is `official_category_defaults`, below.
     # The hazard badge is a small part of a composite prompt: pushing away from the whole scene cost
     # preservation before the badge was gone (forgetting 0.604); along the badge's own direction,
     # at twice the rate, forgetting is 0.833 with preservation at the original's (docs/benchmarks.md).

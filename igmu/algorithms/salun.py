@@ -73,22 +73,30 @@ class SalUn(Unlearner):
         self.masks = self.saliency_masks()
 
     def saliency_masks(self) -> dict[str, torch.Tensor]:
-        """|grad| of the guided forget loss, one pass over the forget set; keep the top `threshold`."""
-        gen, w = self.generator, self.params.mask_guidance
-        scores = {name: torch.zeros_like(param) for name, param in self.trained.items()}
+        """m_S = 1(|grad_theta L_f(theta; D_f)| >= gamma): the gradient of the guided forget loss over
+        the whole forget set, keeping the top `threshold` of weights by its magnitude."""
+        gradient = {name: torch.zeros_like(param) for name, param in self.trained.items()}
         for start in range(0, len(self.forget.latents), self.params.batch_size):
             clean = self.forget.latents[start:start + self.params.batch_size]
             prompts = [self.task.forget_prompts[i] for i in self.forget.index[start:start + len(clean)]]
-            x_t, t, target = noised(gen, clean, self.rng)
-            cond = gen.unet(x_t, t, encoder_hidden_states=gen.encode_prompt(prompts)).sample
-            uncond = gen.unet(x_t, t, encoder_hidden_states=gen.encode_prompt([""] * len(clean))).sample
-            loss = -F.mse_loss(target, (1 + w) * cond - w * uncond)
-            gen.unet.zero_grad(set_to_none=True)
-            loss.backward()
+            for param in self.trained.values():
+                param.grad = None
+            self.mask_loss(clean, prompts).backward()
+            # Summed with their signs: a weight whose per-batch gradients cancel over the forget set
+            # is not salient for forgetting it, however large each batch's gradient was.
             for name, param in self.trained.items():
-                scores[name] += param.grad.abs()
-        gen.unet.zero_grad(set_to_none=True)
-        return top_fraction_masks(scores, self.params.threshold)
+                gradient[name] += param.grad
+        self.generator.unet.zero_grad(set_to_none=True)
+        return top_fraction_masks({name: g.abs() for name, g in gradient.items()}, self.params.threshold)
+
+    def mask_loss(self, clean: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """The forget loss the saliency is taken of: -|| epsilon - epsilon~_theta(x_t, c_f) ||^2 with
+        the classifier-free guided prediction epsilon~ = (1 + w) epsilon_theta(x_t, c_f) - w epsilon_theta(x_t)."""
+        gen, w = self.generator, self.params.mask_guidance
+        x_t, t, target = noised(gen, clean, self.rng)
+        cond = gen.unet(x_t, t, encoder_hidden_states=gen.encode_prompt(prompts)).sample
+        uncond = gen.unet(x_t, t, encoder_hidden_states=gen.encode_prompt([""] * len(clean))).sample
+        return -F.mse_loss(target, (1 + w) * cond - w * uncond)
 
     def mask_gradients(self) -> None:
         apply_masks(self.trained, self.masks)
