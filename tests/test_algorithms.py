@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from resume import assert_resumes_bit_for_bit
 
 from igmu.algorithms.base import ALGORITHMS, Unlearner, get_algorithm, make_params
-from igmu.algorithms.common import top_fraction_masks
+from igmu.algorithms.common import pick, top_fraction_masks
+from igmu.algorithms.erasediff import EraseDiff
 from igmu.algorithms.esd import esd_target
 from igmu.algorithms.loop import run_unlearning
 from igmu.algorithms.uce import uce_solve
@@ -275,6 +276,128 @@ def test_erasediff_restores_the_inner_loop_copy(world):
     assert all(torch.equal(before[n], p) for n, p in ed.trained.items())
 
 
+def test_ca_uses_adamw_with_decay_and_clips_the_gradient_before_the_step(world):
+    ca = build_unlearner("ca", world, "star", tiny_overrides("ca"), seed=0)
+    ca.prepare()
+    assert isinstance(ca.optimizer, torch.optim.AdamW)
+    assert ca.optimizer.param_groups[0]["weight_decay"] == 0.01 and ca.max_grad_norm == 1.0
+    seen = {}
+
+    def record_norm_before_step(optimizer, args, kwargs):
+        grads = [p.grad.flatten() for p in ca.trained.values() if p.grad is not None]
+        seen["norm"] = float(torch.linalg.vector_norm(torch.cat(grads)))
+
+    handle = ca.optimizer.register_step_pre_hook(record_norm_before_step)
+    huge = 1e6 * sum(p.pow(2).sum() for p in ca.trained.values())
+    ca.update(huge)
+    handle.remove()
+    assert seen["norm"] <= 1.0 + 1e-4
+
+
+def test_ca_prior_term_uses_its_own_half_of_the_batch(world):
+    ca = build_unlearner("ca", world, "star", tiny_overrides("ca", prior_preservation=True, loss_type="noise"), seed=0)
+    ca.prepare()
+    batch = ca.draw()
+    prior = batch["prior"]
+    assert not any(torch.equal(a, b) for a in batch["x_t"] for b in prior["x_t"])
+    calls = []
+    handle = world.unet.register_forward_pre_hook(lambda module, args: calls.append(args[0].clone()))
+    parts = ca.losses(batch)
+    handle.remove()
+    # noise-based: one call for the ablation term, one for the prior term, each on its own half.
+    assert len(calls) == 2 and torch.equal(calls[0], batch["x_t"]) and torch.equal(calls[1], prior["x_t"])
+    with torch.no_grad():
+        expected = world.unet(prior["x_t"], prior["t"], encoder_hidden_states=world.encode_prompt(prior["anchor"])).sample
+    assert torch.allclose(parts["prior_loss"], F.mse_loss(expected, prior["diffusion_target"]), rtol=1e-5)
+
+
+def count_forget_passes(ed) -> list:
+    calls = []
+    inner = ed.forget_loss
+
+    def counted(chosen):
+        calls.append(chosen)
+        return inner(chosen)
+
+    ed.forget_loss = counted
+    return calls
+
+
+def test_erasediff_fixed_lambda_skips_the_inner_passes_and_is_one_adam_step(world):
+    ed = build_unlearner("erasediff", world, "ball", tiny_overrides("erasediff", lambda_bome=0.7, k_steps=3), seed=0)
+    ed.prepare()
+    params = list(ed.trained.values())
+    start = [p.detach().clone() for p in params]
+    rng_state = ed.rng.get_state()
+    calls = count_forget_passes(ed)
+    ed.step()
+    assert len(calls) == 1
+    after = [p.detach().clone() for p in params]
+    # Replay the same draws from theta and take one Adam step on grad L_DM + lambda grad L_f.
+    with torch.no_grad():
+        for p, s in zip(params, start):
+            p.copy_(s)
+    ed.rng.set_state(rng_state)
+    chosen = pick(tuple(ed.forget.index), ed.params.batch_size, ed.rng)
+    forget = ed.forget_loss(chosen)
+    retain = ed.retain_loss()
+    g_f = torch.autograd.grad(forget, params, retain_graph=True, allow_unused=True)
+    g_r = torch.autograd.grad(retain, params, allow_unused=True)
+    copies = [s.clone().requires_grad_(True) for s in start]
+    for c, gf, gr in zip(copies, g_f, g_r):
+        c.grad = (torch.zeros_like(c) if gr is None else gr) + 0.7 * (torch.zeros_like(c) if gf is None else gf)
+    torch.optim.Adam(copies, lr=ed.params.lr).step()
+    # Adam's first step is about lr * sign(g): where g is as small as Adam's eps, summation order
+    # alone moves a coordinate by a small fraction of lr, so the tolerance is a fraction of lr.
+    assert all(torch.allclose(a, c.detach(), atol=0.02 * ed.params.lr) for a, c in zip(after, copies))
+
+
+def test_erasediff_adaptive_lambda_runs_the_inner_steps_and_follows_the_bome_rule(world):
+    g_dm, g_q = [torch.tensor([1.0, 0.0]), torch.tensor([0.0])], [torch.tensor([1.0, 1.0]), torch.tensor([0.0])]
+    cosine = 1.0 / (1.0 * 2 ** 0.5 + 1e-8)
+    assert EraseDiff.adaptive_lambda(g_dm, g_q, 0.9) == pytest.approx(0.9 - cosine)
+    assert EraseDiff.adaptive_lambda(g_dm, g_q, 0.5) == 0.0  # aligned enough: no forget pressure
+    assert EraseDiff.adaptive_lambda([torch.tensor([-1.0, 0.0])], [torch.tensor([1.0, 0.0])], 0.1) == pytest.approx(1.1)
+    assert EraseDiff.adaptive_lambda(g_dm, [torch.zeros(2), torch.zeros(1)], 0.1) == 0.0
+    ed = build_unlearner("erasediff", world, "ball", tiny_overrides("erasediff", lambda_mode="adaptive", k_steps=3),
+                         seed=0)
+    ed.prepare()
+    calls = count_forget_passes(ed)
+    seen = []
+    rule = EraseDiff.adaptive_lambda
+    ed.adaptive_lambda = lambda g_r, g_q, eta: seen.append(rule(g_r, g_q, eta)) or seen[-1]
+    out = ed.step()
+    assert len(calls) == 3 + 1 and "forget_loss_star" in out
+    assert len(seen) == 1 and out["lambda"] == seen[0] >= 0.0
+
+
+def test_uce_last_token_rows_are_what_the_solve_uses(world):
+    uce = build_unlearner("uce", world, "ball", {"token_rows": "last", "preserve_prompts": 10}, seed=0)
+    uce.prepare()
+    task = uce.task
+    guides = task.anchor_prompts if uce.params.guide == "anchor" else task.pseudo_prompts
+
+    def last(prompt):
+        emb, length, _ = uce.embed_rows([prompt])[0]
+        return emb[max(length - 2, 0)]
+
+    erase = torch.stack([last(q) for q in task.forget_prompts])
+    guide = torch.stack([last(q) for q in guides])
+    step = max(1, len(task.retain_prompts) // 10)
+    preserve = torch.stack([last(q) for q in task.retain_prompts[::step][:10]])
+    assert uce.erase.shape[0] == len(task.forget_prompts) and uce.preserve.shape[0] == 10
+    assert torch.allclose(uce.erase, erase, atol=1e-6) and torch.allclose(uce.guide, guide, atol=1e-6)
+    assert torch.allclose(uce.preserve, preserve, atol=1e-6)
+    layers = uce.edited_layers()
+    originals = {n: m.weight.detach().clone() for n, m in layers.items()}
+    uce.step()
+    p = uce.params
+    for name, layer in layers.items():
+        expected = uce_solve(originals[name].float().cpu(), erase, guide, preserve, p.erase_scale, p.preserve_scale,
+                             p.lamb)
+        assert torch.allclose(layer.weight.detach().cpu(), expected.to(layer.weight), atol=1e-5)
+
+
 def test_unknown_algorithm_suggests_close_names():
     with pytest.raises(UsageError, match="did you mean salun"):
         get_algorithm("salunn")
@@ -332,11 +455,12 @@ WORLD_DEFAULTS = {
     ("esd", "object"): {"lr": 1e-4, "steps": 200, "batch_size": 4, "train_method": "xattn", "ddim_steps": 10,
                         "start_guidance": 2.0, "reference": "unconditional"},
     ("esd", "sensitive"): {"lr": 2e-4, "reference": "anchor", "train_method": "xattn"},
-    ("ca", "object"): {"lr": 4e-4, "steps": 150, "anchor": "pseudo", "prior_preservation": True},
+    ("ca", "object"): {"lr": 4e-4, "steps": 150, "anchor": "pseudo", "prior_preservation": True,
+                       "optimizer": "adamw", "weight_decay": 1e-2, "max_grad_norm": 1.0},
     ("ca", "sensitive"): {"lr": 1e-3, "anchor": "anchor"},
     ("salun", "style"): {"lr": 3e-5, "steps": 150, "alpha": 1.0, "threshold": 0.5},
-    ("erasediff", "object"): {"lr": 3e-5, "steps": 150, "lambda_bome": 1.0},
-    ("uce", "object"): {"guide": "pseudo", "preserve_scale": 0.3, "lamb": 0.1},
+    ("erasediff", "object"): {"lr": 3e-5, "steps": 150, "lambda_mode": "fixed", "lambda_bome": 1.0},
+    ("uce", "object"): {"guide": "pseudo", "preserve_scale": 0.3, "lamb": 0.1, "token_rows": "all"},
 }
 OFFICIAL_SD = {
     ("esd", "object"): {"lr": 1e-5, "steps": 1000, "batch_size": 1, "negative_guidance": 1.0, "start_guidance": 3.0,
@@ -345,14 +469,16 @@ OFFICIAL_SD = {
     ("esd", "sensitive"): {"train_method": "noxattn", "lr": 1e-5},
     ("esd", "celebrity"): {"train_method": "xattn"},
     ("ca", "object"): {"lr": 8e-6, "steps": 200, "batch_size": 4, "train_method": "xattn-kv", "anchor": "anchor",
-                       "prior_preservation": False, "anchor_images": 200},
+                       "prior_preservation": False, "anchor_images": 200, "optimizer": "adamw",
+                       "weight_decay": 1e-2, "max_grad_norm": 1.0},
     ("ca", "sensitive"): {"lr": 1.6e-5, "steps": 400, "train_method": "attn"},
     ("salun", "object"): {"lr": 1e-5, "batch_size": 8, "threshold": 0.5, "alpha": 0.1, "mask_guidance": 7.5,
                           "steps": 500, "train_method": "full"},
     ("salun", "sensitive"): {"steps": 100},
-    ("erasediff", "object"): {"lr": 1e-5, "k_steps": 2, "lambda_bome": 0.1, "batch_size": 8, "train_method": "full"},
+    ("erasediff", "object"): {"lr": 1e-5, "k_steps": 2, "lambda_mode": "fixed", "lambda_bome": 0.1, "batch_size": 8,
+                              "train_method": "full"},
     ("erasediff", "sensitive"): {"train_method": "noxattn"},
-    ("uce", "style"): {"erase_scale": 1.0, "preserve_scale": 1.0, "lamb": 0.5, "guide": "anchor"},
+    ("uce", "style"): {"erase_scale": 1.0, "preserve_scale": 1.0, "lamb": 0.5, "guide": "anchor", "token_rows": "last"},
 }
 
 

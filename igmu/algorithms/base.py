@@ -95,18 +95,28 @@ class Unlearner:
         raise NotImplementedError
 
     # --- optimisation (shared wiring; algorithms call these from prepare/step) -------------
-    def train_unet_parameters(self, which: str) -> None:
-        """Freeze everything, then make the chosen UNet parameter set trainable under Adam."""
+    def train_unet_parameters(self, which: str, weight_decay: float = 0.0, optimizer: str = "adam") -> None:
+        """Freeze everything, then make the chosen UNet parameter set trainable under Adam (or the
+        optimiser the algorithm's official code uses)."""
         self.generator.text_encoder.requires_grad_(False)
         self.trained = select_parameters(self.generator.unet, which)
         self.generator.unet.train()
-        self.optimizer = make_optimizer(self.trained.values(), self.params.lr)
+        self.optimizer = make_optimizer(self.trained.values(), self.params.lr, weight_decay, optimizer)
+
+    @property
+    def max_grad_norm(self) -> float | None:
+        """Clip the global gradient norm to this before each step; None (the default) never clips.
+        Algorithms whose official code clips override it."""
+        return None
 
     def update(self, loss: torch.Tensor) -> None:
-        """One optimiser step on `loss`; `mask_gradients` runs between backward and step."""
+        """One optimiser step on `loss`; `mask_gradients` runs between backward and step, and the
+        clip (if any) after the mask, so it measures the gradient that is actually applied."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.mask_gradients()
+        if self.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(list(self.trained.values()), self.max_grad_norm)
         self.optimizer.step()
 
     def mask_gradients(self) -> None:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from igmu.models.text_to_image import Generator
 
 ParameterSet = Literal["full", "xattn", "noxattn", "xattn-kv", "attn"]
+OptimizerKind = Literal["adam", "adamw"]
 PARAMETER_SETS: tuple[str, ...] = ("full", "xattn", "noxattn", "xattn-kv", "attn")
 # CA's `attn` parameter group: every attention projection, self- and cross-attention alike.
 ATTENTION_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out")
@@ -60,8 +61,13 @@ def frozen_copy(module: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(module).eval().requires_grad_(False)
 
 
-def make_optimizer(params, lr: float) -> torch.optim.Optimizer:
-    return torch.optim.Adam(list(params), lr=lr)
+def make_optimizer(params, lr: float, weight_decay: float = 0.0, kind: OptimizerKind = "adam") -> torch.optim.Optimizer:
+    """Adam, or AdamW (decoupled weight decay) for the methods whose official code uses it (CA)."""
+    if kind == "adamw":
+        return torch.optim.AdamW(list(params), lr=lr, weight_decay=weight_decay)
+    if kind == "adam":
+        return torch.optim.Adam(list(params), lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimiser {kind!r}; valid: adam, adamw")
 
 
 def apply_masks(params: dict[str, torch.nn.Parameter], masks: dict[str, torch.Tensor]) -> None:

@@ -18,7 +18,15 @@ class UCEParams:
     (trainscripts/uce_sd_erase.py): erase_scale 1, preserve_scale 1, lamb 0.5, guided to the anchor
     prompt (the official guide is '', which is the anchor an SD task has unless the user names one).
     UnlearnCanvas's settings (erase 0.05 / lamb 1 for styles, 0.01 / lamb 10 for objects) are for its
-    fine-tuned SD 1.5, not the paper's, so they are not official category defaults."""
+    fine-tuned SD 1.5, not the paper's, so they are not official category defaults.
+
+    Which embedding rows the solve constrains (`token_rows`): "last", the official choice and the SD
+    default, takes one row per prompt, the last token before EOS, for erase, guide and preserve
+    prompts alike (an empty guide's row is then BOS). "all", the world default, takes every row
+    from the first token where erase and guide prompts differ through EOS (paired position by
+    position), and every position after BOS of the preserve prompts, padding included. The world
+    keeps "all" because its measured figures (docs/benchmarks.md) were made with it; "last" has not
+    been measured on the world."""
 
     erase_scale: float = hyperparameter(1.0, 0.0, 100.0, "s_e: weight of the erase constraints")
     preserve_scale: float = hyperparameter(0.3, 0.0, 100.0, "s_p: weight of the preserve constraints")
@@ -26,6 +34,8 @@ class UCEParams:
     guide: Literal["anchor", "pseudo"] = hyperparameter(
         "anchor", doc="what erased embeddings are mapped to: the prompt without the target, or a neighbour")
     preserve_prompts: int = hyperparameter(200, 0, 100_000, "retain prompts whose outputs are preserved")
+    token_rows: Literal["all", "last"] = hyperparameter(
+        "all", doc="rows constrained: last token before EOS of each prompt (official), or all differing/prompt rows")
 
 
 def uce_solve(weight: torch.Tensor, erase: torch.Tensor, guide: torch.Tensor, preserve: torch.Tensor,
@@ -48,6 +58,12 @@ def aligned_rows(erase_emb, erase_len, guide_emb, guide_len, first_diff) -> tupl
     return erase_emb[positions], guide_emb[positions.clamp(max=guide_len - 1)]
 
 
+def last_token_row(emb: torch.Tensor, length: int) -> torch.Tensor:
+    """[1, d]: the row of the prompt's last token before EOS (`length` counts up to and including
+    EOS), which after causal attention summarises the whole concept; BOS for an empty prompt."""
+    return emb[max(length - 2, 0)].unsqueeze(0)
+
+
 @register_algorithm("uce")
 class UCE(Unlearner):
     """Closed-form edit of every attn2.to_k / attn2.to_v: erased prompts read like the guide."""
@@ -59,7 +75,8 @@ class UCE(Unlearner):
     # An object guided to the scene without it still shows some object; guided to a neighbour object
     # it is replaced (ball at the full budget: forgetting 0.688 -> 0.979, preservation unchanged).
     category_defaults = {"object": {"guide": "pseudo"}}
-    official_defaults = {"erase_scale": 1.0, "preserve_scale": 1.0, "lamb": 0.5, "guide": "anchor"}
+    official_defaults = {"erase_scale": 1.0, "preserve_scale": 1.0, "lamb": 0.5, "guide": "anchor",
+                         "token_rows": "last"}
 
     @property
     def total_steps(self) -> int:
@@ -72,14 +89,20 @@ class UCE(Unlearner):
         erase_rows, guide_rows = [], []
         for erase_prompt, guide_prompt in zip(task.forget_prompts, guides):
             e, g = self.embed_rows([erase_prompt, guide_prompt])
-            first_diff = next((i for i, (a, b) in enumerate(zip(e[2], g[2])) if a != b), min(e[1], g[1]) - 1)
-            rows = aligned_rows(e[0], e[1], g[0], g[1], first_diff)
+            if p.token_rows == "last":
+                rows = last_token_row(e[0], e[1]), last_token_row(g[0], g[1])
+            else:
+                first_diff = next((i for i, (a, b) in enumerate(zip(e[2], g[2])) if a != b), min(e[1], g[1]) - 1)
+                rows = aligned_rows(e[0], e[1], g[0], g[1], first_diff)
             erase_rows.append(rows[0])
             guide_rows.append(rows[1])
         self.erase = torch.cat(erase_rows)
         self.guide = torch.cat(guide_rows)
         step = max(1, len(task.retain_prompts) // max(1, p.preserve_prompts))
-        preserve = [self.embed_rows([q])[0][0][1:] for q in task.retain_prompts[::step][:p.preserve_prompts]]
+        preserve = []
+        for q in task.retain_prompts[::step][:p.preserve_prompts]:
+            emb, length, _ = self.embed_rows([q])[0]
+            preserve.append(last_token_row(emb, length) if p.token_rows == "last" else emb[1:])
         self.preserve = torch.cat(preserve) if preserve else torch.zeros(0, self.erase.shape[1])
 
     @torch.no_grad()
