@@ -175,8 +175,9 @@ def test_single_algorithm_space_has_the_right_domains():
     assert min(samples) >= 1e-5 and max(samples) <= 3e-4
 
 
-def test_int_range_is_inclusive_of_both_ends():
-    k_steps = to_tune_space(load_sweep(SWEEPS / "erasediff.yaml"))["params"]["k_steps"]
+def test_int_range_is_inclusive_of_both_ends(tmp_path):
+    text = "name: ints\ntarget: moon\nalgorithm: erasediff\nparams:\n  k_steps: {int: [1, 4]}\n"
+    k_steps = to_tune_space(load_sweep(write(tmp_path, text)))["params"]["k_steps"]
     assert isinstance(k_steps, Integer) and (k_steps.lower, k_steps.upper) == (1, 5)
     assert set(k_steps.sample(size=400, random_state=np.random.default_rng(0))) == {1, 2, 3, 4}
 
