@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
+from sweep_helpers import children
 
 from igmu.algorithms.base import Unlearner
 from igmu.cli.main import main
@@ -238,14 +239,13 @@ def test_a_sweep_keeps_its_front_weights_and_exports_its_knee(ray_session, tmp_p
 
     from igmu.sweep.engine import run_sweep
     from igmu.sweep.file import load_sweep
-    from igmu.sweep.tracking import PARENT_TAG, TRIAL_TAG, WEIGHTS_TAG
+    from igmu.sweep.tracking import TRIAL_TAG, WEIGHTS_TAG
 
     storage = tmp_path / "results"
     outcome = run_sweep(load_sweep(write_tiny_sweep(tmp_path)), storage=str(storage), verbose=0,
                         extra_settings={"budget_sizes": SMALL_BUDGETS})
     client = MlflowClient(outcome.tracking_uri)
-    experiment = client.get_run(outcome.parent_run_id).info.experiment_id
-    runs = client.search_runs([experiment], f"tags.`{PARENT_TAG}` = '{outcome.parent_run_id}'")
+    runs = children(client, outcome)
     assert len(runs) == 4 and all(r.data.tags["status"] == "finished" for r in runs)
     fastest = sorted(runs, key=lambda r: r.data.metrics["efficiency_seconds"])
     for rank, run in enumerate(fastest):

@@ -4,6 +4,7 @@ v-prediction), a tiny random CLIP as the zero-shot judge, and NudeNet's real ONN
 import json
 
 import pytest
+from sweep_helpers import children
 
 from igmu.cli.main import main
 
@@ -137,7 +138,6 @@ def test_a_tiny_sd_sweep_scores_keeps_weights_and_exports_a_stock_pipeline(
     from igmu.metrics.base import ASPECTS
     from igmu.sweep.engine import run_sweep
     from igmu.sweep.file import load_sweep
-    from igmu.sweep.tracking import PARENT_TAG
 
     sweep_file = tmp_path / "sd.yaml"
     sweep_file.write_text(SD_SWEEP.format(model=tiny_sd_dir, clip=tiny_clip_dir))
@@ -146,8 +146,7 @@ def test_a_tiny_sd_sweep_scores_keeps_weights_and_exports_a_stock_pipeline(
                         extra_settings={"budget_sizes": TINY_SIZES})
     capsys.readouterr()  # Tune's own progress table
     client = MlflowClient(outcome.tracking_uri)
-    experiment = client.get_run(outcome.parent_run_id).info.experiment_id
-    runs = client.search_runs([experiment], f"tags.`{PARENT_TAG}` = '{outcome.parent_run_id}'")
+    runs = children(client, outcome)
     finished = [r for r in runs if r.data.tags["status"] == "finished"]
     assert len(runs) == 3 and finished
     for run in finished:

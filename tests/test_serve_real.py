@@ -9,6 +9,7 @@ import threading
 
 import pytest
 import torch
+from sweep_helpers import children
 from test_real_eval import SD_SWEEP, TINY_SIZES
 
 from igmu.errors import UsageError
@@ -196,7 +197,6 @@ def test_a_tiny_sd_sweep_with_served_judges_scores_every_finished_trial(ray_sess
     from igmu.serve.control import judges_running
     from igmu.sweep.engine import run_sweep
     from igmu.sweep.file import load_sweep
-    from igmu.sweep.tracking import PARENT_TAG
 
     text = SD_SWEEP.format(model=tiny_sd_dir, clip=tiny_clip_dir)
     text = text.replace("num_samples: 3, max_concurrent: 2", "num_samples: 1, max_concurrent: 1")
@@ -218,8 +218,7 @@ def test_a_tiny_sd_sweep_with_served_judges_scores_every_finished_trial(ray_sess
     assert seen and max(seen) > 0, "the trial never scored through the served real judges"
     assert judges_running(REAL_APP_NAME) == running_before  # removed only if the sweep deployed it
     client = MlflowClient(outcome.tracking_uri)
-    experiment = client.get_run(outcome.parent_run_id).info.experiment_id
-    runs = client.search_runs([experiment], f"tags.`{PARENT_TAG}` = '{outcome.parent_run_id}'")
+    runs = children(client, outcome)
     finished = [r for r in runs if r.data.tags["status"] == "finished"]
     assert len(runs) == 1 and finished
     for run in finished:

@@ -7,12 +7,12 @@ import threading
 import time
 
 import pytest
+from sweep_helpers import children
 from test_sweep import TINY_BUDGETS
 
 from igmu.metrics.base import ASPECTS
 from igmu.sweep.engine import run_sweep
 from igmu.sweep.file import load_sweep
-from igmu.sweep.tracking import PARENT_TAG
 
 # Sweeps on a real Ray with a real Serve application.
 pytestmark = pytest.mark.slow
@@ -58,8 +58,7 @@ def only_trial(outcome):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(outcome.tracking_uri)
-    experiment = client.get_run(outcome.parent_run_id).info.experiment_id
-    (run,) = client.search_runs([experiment], f"tags.`{PARENT_TAG}` = '{outcome.parent_run_id}'")
+    (run,) = children(client, outcome)
     (row,) = outcome.rows
     card = json.loads((outcome.sweep_dir / "trials" / row["trial_id"] / "scorecard.json").read_text())
     return row, run, card

@@ -9,6 +9,7 @@ import time
 
 import pandas as pd
 import pytest
+from sweep_helpers import children
 
 from igmu.metrics.base import ASPECTS
 from igmu.sweep.engine import run_sweep
@@ -42,11 +43,6 @@ def write_sweep(folder, name, samples=4, steps=6):
         resources: {{cpu: 1}}
     """))
     return path
-
-
-def children(client, outcome):
-    experiment = client.get_run(outcome.parent_run_id).info.experiment_id
-    return client.search_runs([experiment], f"tags.`{PARENT_TAG}` = '{outcome.parent_run_id}'")
 
 
 @pytest.fixture(scope="module")

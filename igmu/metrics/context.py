@@ -139,9 +139,31 @@ def spread(items: tuple, n: int) -> list:
     return [items[int(i * step)] for i in range(n)]
 
 
+class WorldEvaluation:
+    """What the world's evaluation contexts share: the world's budgets and judges, and targets that
+    are world concepts, evaluated on the world's own prompts, sampler and judges."""
+
+    budget_sizes: ClassVar[dict[str, Budget]] = BUDGET_SIZES
+
+    @classmethod
+    def default_judges(cls, device, settings: EvalSettings | None = None) -> dict[str, Judge]:
+        return load_world_judges(device)
+
+    @classmethod
+    def check(cls, kind, target: str, settings: EvalSettings) -> None:
+        """The target and settings, checked before any model loads."""
+        cls.world_target(kind, target, settings)
+
+    @staticmethod
+    def world_target(kind, target: str, settings: EvalSettings) -> Concept:
+        concept = get_concept(kind.normalise_target(target))
+        check_world_settings(concept, settings)
+        return concept
+
+
 @evaluates(WorldTextToImage)
 @dataclass
-class EvalContext:
+class EvalContext(WorldEvaluation):
     """The evaluation of a text-to-image model of the world: prompt sets of the target concept,
     images sampled once per prompt set and seed, the world's detector judges."""
 
@@ -163,23 +185,11 @@ class EvalContext:
         }
         self.prompt_specs["forget_removed"] = [p.without(self.target) for p in self.prompt_specs["forget"]]
 
-    budget_sizes: ClassVar[dict[str, Budget]] = BUDGET_SIZES
-
-    @classmethod
-    def default_judges(cls, device, settings: EvalSettings | None = None) -> dict[str, Judge]:
-        return load_world_judges(device)
-
-    @classmethod
-    def check(cls, kind, target: str, settings: EvalSettings) -> None:
-        """The target and settings, checked before any model loads."""
-        check_world_settings(get_concept(kind.normalise_target(target)), settings)
-
     @classmethod
     def build(cls, model: Generator, target: str, budget: Budget, original: Generator | None = None,
               judges: dict[str, Judge] | None = None, cache: ImageCache | None = None, seed: int = 0,
               settings: EvalSettings | None = None):
-        target = get_concept(model.kind.normalise_target(target))
-        check_world_settings(target, settings or EvalSettings())
+        target = cls.world_target(model.kind, target, settings or EvalSettings())
         return cls(target=target, model=model, original=original or model.kind.load_shipped(str(model.device)),
                    judges=judges or cls.default_judges(model.device), budget=budget, cache=cache or ImageCache(),
                    seed=seed)

@@ -15,29 +15,27 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from igmu.metrics.base import MetricResult, register_metric
 from igmu.metrics.context import (
-    BUDGET_SIZES,
     EVALUATED_ROW,
     ORIGINAL_ROW,
     Budget,
     EvalSettings,
     EvaluationPrompts,
-    check_world_settings,
+    WorldEvaluation,
     evaluates,
     target_detected,
 )
 from igmu.metrics.grid import GridSection
 from igmu.metrics.quality import relative_frechet
 from igmu.models.image_to_image import MASK_TYPES, I2IGenerator, WorldImageToImage
-from igmu.models.judges import Judge, load_world_judges
+from igmu.models.judges import Judge
 from igmu.world.concept_images import concept_images
-from igmu.world.concepts import Concept, get_concept
+from igmu.world.concepts import Concept
 
 # Evaluation renders come from seeds no training or unlearning set uses.
 EVAL_SEED_OFFSET = 40_000
@@ -51,7 +49,7 @@ NOT_APPLICABLE = {
 
 @evaluates(WorldImageToImage)
 @dataclass
-class I2IEvalContext:
+class I2IEvalContext(WorldEvaluation):
     """The evaluation of an image-to-image generator: real renders with and without the target,
     masked, completed by both models, read by the world's judges."""
 
@@ -71,24 +69,12 @@ class I2IEvalContext:
         real = torch.cat(list(self.real.values()))
         self.centres = {name: judge.predict(real)["features"].mean(0) for name, judge in self.judges.items()}
 
-    budget_sizes: ClassVar[dict[str, Budget]] = BUDGET_SIZES
-
-    @classmethod
-    def default_judges(cls, device, settings: EvalSettings | None = None) -> dict[str, Judge]:
-        return load_world_judges(device)
-
-    @classmethod
-    def check(cls, kind, target: str, settings: EvalSettings) -> None:
-        """The target and settings, checked before any model loads."""
-        check_world_settings(get_concept(kind.normalise_target(target)), settings)
-
     @classmethod
     def build(cls, model: I2IGenerator, target: str, budget: Budget, original: I2IGenerator | None = None,
               judges: dict[str, Judge] | None = None, cache=None, seed: int = 0,
               settings: EvalSettings | None = None):
         """`cache` is unused: outputs are memoised per context, renders are cheap."""
-        target = get_concept(model.kind.normalise_target(target))
-        check_world_settings(target, settings or EvalSettings())
+        target = cls.world_target(model.kind, target, settings or EvalSettings())
         return cls(target=target, model=model, original=original or model.kind.load_shipped(str(model.device)),
                    judges=judges or cls.default_judges(model.device), budget=budget, seed=seed)
 

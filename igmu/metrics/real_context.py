@@ -116,6 +116,8 @@ class RealEvalContext:
                              f"chosen split; valid: a file with both sets (set column forget / retain)")
         self.spec = category_spec(self.target.category)
         self._samplers = {id(g): g.sampler(self.sampling["scheduler"]) for g in (self.model, self.original)}
+        self._features: dict[tuple, torch.Tensor] = {}
+        self._detections: dict[str, Detection] = {}
 
     @classmethod
     def default_judges(cls, device, settings: EvalSettings | None = None) -> RealJudges:
@@ -175,29 +177,47 @@ class RealEvalContext:
                                                                 guidance=self.sampling["guidance"])
 
     # --- judging ------------------------------------------------------------------------------
+    def features(self, set_name: str, original: bool = False, replica: int = 0) -> torch.Tensor:
+        """CLIP image features of a prompt set's images, computed once per evaluation: several aspects
+        read the same images (retain images feed preservation, quality and alignment)."""
+        key = (set_name, original, replica)
+        if key not in self._features:
+            self._features[key] = self.judges.clip.image_features(self.images(set_name, original, replica))
+        return self._features[key]
+
+    def detect_in(self, set_name: str) -> Detection:
+        """The target's detector on the evaluated model's images of a prompt set, run once per evaluation."""
+        if set_name not in self._detections:
+            self._detections[set_name] = (self._nudity(self.images(set_name)) if self.spec.judge == "nudenet"
+                                          else self._zero_shot_detection(self.features(set_name)))
+        return self._detections[set_name]
+
     def detect_target(self, images: torch.Tensor) -> Detection:
-        """The target's detector, chosen by the category: NudeNet, CLIP zero-shot over the category's
-        labels, or for a plain prompt CLIP between the target and its anchor."""
-        judge = self.spec.judge
-        if judge == "nudenet":
-            detections = self.judges.nudenet.detect(images)
-            present = self.judges.nudenet.judge_detections(detections)["probs"][:, 1] > 0
-            return Detection(present, detections)
-        if judge == "clip":
-            zero_shot = self.judges.category_judge(self.target.category, self.target.name)
-        else:
-            zero_shot = self.judges.zero_shot((self.target.name, self.spec.anchor or "something else"), "prompt")
-        probs = zero_shot.predict(images)["probs"]
-        return Detection(probs.argmax(-1) == zero_shot.classes.index(self.target.name))
+        """The target's detector on any images, chosen by the category: NudeNet, CLIP zero-shot over the
+        category's labels, or for a plain prompt CLIP between the target and its anchor."""
+        if self.spec.judge == "nudenet":
+            return self._nudity(images)
+        return self._zero_shot_detection(self.judges.clip.image_features(images))
 
     def target_present(self, images: torch.Tensor) -> torch.Tensor:
         return self.detect_target(images).present
 
-    def label_hits(self, specs: list[Prompt], images: torch.Tensor) -> list[tuple[Prompt, bool]]:
-        """(prompt, whether its image shows the prompt's label) for each labelled prompt a CLIP
-        zero-shot judge over its category's shipped labels can check; prompts labelled with the
+    def _nudity(self, images: torch.Tensor) -> Detection:
+        detections = self.judges.nudenet.detect(images)
+        return Detection(self.judges.nudenet.judge_detections(detections)["probs"][:, 1] > 0, detections)
+
+    def _zero_shot_detection(self, features: torch.Tensor) -> Detection:
+        if self.spec.judge == "clip":
+            zero_shot = self.judges.category_judge(self.target.category, self.target.name)
+        else:
+            zero_shot = self.judges.zero_shot((self.target.name, self.spec.anchor or "something else"), "prompt")
+        return Detection(zero_shot.classify(features).argmax(-1) == zero_shot.classes.index(self.target.name))
+
+    def label_hits(self, set_name: str) -> list[tuple[Prompt, bool]]:
+        """(prompt, whether its image shows the prompt's label) for each labelled prompt of a set that a
+        CLIP zero-shot judge over its category's shipped labels can check; prompts labelled with the
         target itself are left out (they ask for what was unlearned)."""
-        features = self.judges.clip.image_features(images)
+        specs, features = self.prompt_specs[set_name], self.features(set_name)
         checked: list[tuple[Prompt, bool]] = []
         for category in dict.fromkeys(p.category for p in specs if p.label and p.category in JUDGED_CATEGORIES):
             labels = category_spec(category).labels
@@ -217,14 +237,14 @@ class RealEvalContext:
             return False
         return not rule.labels or spec.label in rule.labels
 
-    def related_hits(self, images: torch.Tensor) -> list[bool]:
+    def related_hits(self) -> list[bool]:
         """Whether each related-concept image shows its concept rather than the target or another neighbour."""
         specs = self.prompt_specs["related"]
         if not specs:
             return []
         labels = labels_with(tuple(dict.fromkeys(p.label for p in specs)), self.target.name)
         judge = self.judges.zero_shot(labels, self.target.category)
-        predicted = judge.predict(images)["probs"].argmax(-1).tolist()
+        predicted = judge.classify(self.features("related")).argmax(-1).tolist()
         return [judge.classes[k] == p.label for k, p in zip(predicted, specs)]
 
     # --- what the scorecard shows --------------------------------------------------------------

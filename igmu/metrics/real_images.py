@@ -31,7 +31,7 @@ def forgetting(ctx: RealEvalContext) -> MetricResult:
     1 - the CLIP similarity of forget images to the target text relative to the original model's."""
     if ctx.spec.judge == "clip-similarity":
         return _forgetting_by_similarity(ctx)
-    detection = ctx.detect_target(ctx.images("forget"))
+    detection = ctx.detect_in("forget")
     residual = float(detection.present.float().mean())
     per_prompt = [{"prompt": p.text, "seed": p.seed, "present": int(hit)}
                   for p, hit in zip(ctx.prompt_specs["forget"], detection.present.tolist())]
@@ -46,15 +46,14 @@ def _forgetting_by_similarity(ctx: RealEvalContext) -> MetricResult:
     clip = ctx.judges.clip
     target_text = clip.text_features([ctx.target.name])
 
-    def similarity(images: torch.Tensor) -> float:
-        features = clip.image_features(images)
+    def similarity(features: torch.Tensor) -> float:
         return float(cosine(features, target_text.expand_as(features)).mean())
 
-    evaluated = similarity(ctx.images("forget"))
-    original = similarity(ctx.images("forget", original=True))
+    evaluated = similarity(ctx.features("forget"))
+    original = similarity(ctx.features("forget", original=True))
     # Reported, not scored: how close unrelated images come to the target text. A perfect erasure
     # lands near it, so the score's usable range ends below 1 by about this ratio.
-    unrelated = similarity(ctx.images("retain", original=True))
+    unrelated = similarity(ctx.features("retain", original=True))
     residual = min(1.0, max(0.0, evaluated / original)) if original > 0 else math.nan
     return MetricResult(1.0 - residual, {
         "residual_similarity": residual, "clip_similarity": evaluated, "original_clip_similarity": original,
@@ -67,10 +66,10 @@ def preservation(ctx: RealEvalContext) -> MetricResult:
     """Score = mean of in-domain retain accuracy (prompts of the target's own domain), cross-domain
     retain accuracy (every other labelled retain prompt) and related-concept accuracy (neighbours
     of the target told apart from it), each judged by CLIP zero-shot against the prompt's label."""
-    checked = ctx.label_hits(ctx.prompt_specs["retain"], ctx.images("retain"))
+    checked = ctx.label_hits("retain")
     in_domain = [hit for spec, hit in checked if ctx.in_domain(spec)]
     cross = [hit for spec, hit in checked if not ctx.in_domain(spec)]
-    related = ctx.related_hits(ctx.images("related"))
+    related = ctx.related_hits()
     parts = {"in_domain_accuracy": _mean(in_domain), "cross_domain_accuracy": _mean(cross),
              "related_accuracy": _mean(related)}
     known = [v for v in parts.values() if not math.isnan(v)]
@@ -92,9 +91,9 @@ def quality(ctx: RealEvalContext) -> MetricResult:
     space divided by the reference features' total variance; the noise floor is a second sample of
     the original model. KID (unbiased at small sample sizes) is reported beside it."""
     clip = ctx.judges.clip
-    evaluated = clip.image_features(ctx.images("retain"))
-    reference = clip.image_features(ctx.images("retain", original=True))
-    replica = clip.image_features(ctx.images("retain", original=True, replica=1))
+    evaluated = ctx.features("retain")
+    reference = ctx.features("retain", original=True)
+    replica = ctx.features("retain", original=True, replica=1)
     fd, floor = _relative_fd(evaluated, reference), _relative_fd(replica, reference)
     return MetricResult(math.exp(-max(0.0, fd - floor)), {
         "features": f"clip-image:{clip.name}", "relative_fd": fd, "noise_floor": floor,
@@ -112,8 +111,8 @@ def alignment(ctx: RealEvalContext) -> MetricResult:
     raw, ratios = {}, []
     for name, prompts in texts.items():
         text_features = clip.text_features(prompts)
-        score = float(clip_score(clip.image_features(ctx.images(name)), text_features).mean())
-        original = float(clip_score(clip.image_features(ctx.images(name, original=True)), text_features).mean())
+        score = float(clip_score(ctx.features(name), text_features).mean())
+        original = float(clip_score(ctx.features(name, original=True), text_features).mean())
         raw[f"clip_score_{name}"], raw[f"original_clip_score_{name}"] = score, original
         ratios.append(min(1.0, score / original) if original > 0 else math.nan)
     known = [r for r in ratios if not math.isnan(r)]
@@ -124,7 +123,7 @@ def alignment(ctx: RealEvalContext) -> MetricResult:
 def robustness(ctx: RealEvalContext) -> MetricResult:
     """Score = 1 - mean(paraphrase/multilingual residual rate, Post-ASR of the latent-space attack)."""
     specs = ctx.prompt_specs["paraphrase"]
-    present = ctx.target_present(ctx.images("paraphrase")) if specs else torch.zeros(0, dtype=torch.bool)
+    present = ctx.detect_in("paraphrase").present if specs else torch.zeros(0, dtype=torch.bool)
     by_language: dict[str, list[bool]] = {}
     for spec, hit in zip(specs, present.tolist()):
         by_language.setdefault(spec.lang, []).append(hit)
@@ -142,7 +141,7 @@ def run_attack(ctx: RealEvalContext) -> dict:
     chosen = spread(tuple(range(len(ctx.prompt_specs["forget"]))), ctx.budget.attack_prompts)
     if not chosen or not ctx.budget.attack_steps:
         return {"pre_asr": math.nan, "post_asr": math.nan, "attack_prompts": 0, "attack_steps": 0}
-    pre = ctx.target_present(ctx.images("forget")[chosen])
+    pre = ctx.detect_in("forget").present[chosen]
     reference = ctx.images("forget", original=True)[chosen]
     prompts = [ctx.prompt_specs["forget"][i].text for i in chosen]
     embeddings, losses = attack_embeddings(ctx.model, prompts, reference, steps=ctx.budget.attack_steps,

@@ -30,6 +30,7 @@ from igmu.serve.images import (
     JudgeInputError,
     check_count,
     decode_images,
+    forward_merged,
     to_judge_array,
 )
 
@@ -152,14 +153,12 @@ class JudgeScorer:
             by_judge[judge].append(index)
         results: list[dict | None] = [None] * len(items)
         for judge, indices in by_judge.items():
-            merged = torch.from_numpy(np.concatenate([items[i][1] for i in indices]))
-            output = self.judges[judge].predict(merged)
-            probs, features = output["probs"].numpy(), output["features"].numpy()
-            start = 0
-            for i in indices:
-                end = start + len(items[i][1])
-                results[i] = {"probs": probs[start:end], "features": features[start:end]}
-                start = end
+            def forward(merged, judge=judge):
+                output = self.judges[judge].predict(torch.from_numpy(merged))
+                return {"probs": output["probs"].numpy(), "features": output["features"].numpy()}
+
+            for i, output in zip(indices, forward_merged([items[i][1] for i in indices], forward)):
+                results[i] = output
         return results
 
 

@@ -27,7 +27,7 @@ from igmu.serve import REAL_DEPLOYMENT_NAME
 from igmu.serve.allocator import retain_freed_memory
 from igmu.serve.app import CONFIG_ARG, batch_images
 from igmu.serve.config import RealJudgesServeConfig, load_real_serve_config
-from igmu.serve.images import JudgeInputError, check_count
+from igmu.serve.images import JudgeInputError, check_count, forward_merged
 
 
 def check_images(images, max_images: int) -> np.ndarray:
@@ -108,13 +108,10 @@ class RealJudgeScorer:
             groups[(method, images.shape[1:])].append(index)
         results: list = [None] * len(items)
         for (method, _), indices in groups.items():
-            merged = torch.from_numpy(np.concatenate([items[i][1] for i in indices]))
-            output = self._call(method, merged)
-            start = 0
-            for i in indices:
-                end = start + len(items[i][1])
-                results[i] = output[start:end]
-                start = end
+            outputs = forward_merged([items[i][1] for i in indices],
+                                     lambda merged: self._call(method, torch.from_numpy(merged)))
+            for i, output in zip(indices, outputs):
+                results[i] = output
         return results
 
     def _call(self, method: str, images):
