@@ -411,12 +411,14 @@ def tag_front(client, parent_run_id: str, front_run_ids: Iterable[str],
     A front trial whose table row lacks its run id is matched by its `igmu.trial_id` tag.
     Returns (runs tagged true, runs tagged false).
     """
-    from igmu.sweep.tracking import TRIAL_TAG
+    from igmu.sweep.tracking import ROLE_TAG, TRIAL_TAG
 
     run_ids = {str(run_id) for run_id in front_run_ids}
     trial_ids = {str(trial_id) for trial_id in front_trial_ids}
     on, off = 0, 0
     for run in child_runs(client, parent_run_id):
+        if ROLE_TAG in run.data.tags:  # the defaults runs are no trials of the search
+            continue
         on_front = run.info.run_id in run_ids or run.data.tags.get(TRIAL_TAG) in trial_ids
         client.set_tag(run.info.run_id, PARETO_TAG, "true" if on_front else "false")
         on, off = on + on_front, off + (not on_front)

@@ -8,6 +8,7 @@ during a run never reads stale images, while the original model's images are sha
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -58,7 +59,9 @@ class ImageCache:
                 images = generator.sample_seeded(prompts, seeds, steps=settings["steps"],
                                                  guidance=settings["guidance"], guidances=guidances)
             progress.count(GENERATED, len(prompts))
-            self._store(key, images)
+            self._store(key, images, {"model": model_fingerprint(generator), "prompts": prompts, "seed": seed,
+                                      "seeds": seeds, "guidances": guidances, **settings,
+                                      "scheduler": generator.scheduler_name})
         self._memory[key] = images
         return images
 
@@ -79,12 +82,15 @@ class ImageCache:
 
         return load_file(str(self.folder / f"{key}.safetensors"))["images"]
 
-    def _store(self, key: str, images: torch.Tensor) -> None:
+    def _store(self, key: str, images: torch.Tensor, made_from: dict) -> None:
+        """Write the images and, beside them, what they were sampled from (so a cache folder can be
+        audited: which prompts and seeds an evaluation ever touched)."""
         if self.folder is None:
             return
         from safetensors.torch import save_file
 
         self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / f"{key}.json").write_text(json.dumps(made_from))
         partial = self.folder / f"{key}.tmp-{os.getpid()}"
         save_file({"images": images.contiguous()}, str(partial))
         os.replace(partial, self.folder / f"{key}.safetensors")  # atomic: concurrent trials never read half a file

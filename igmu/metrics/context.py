@@ -23,7 +23,7 @@ from igmu.models.kinds import GeneratorKind, kind_names
 from igmu.models.loader import ALL_KINDS
 from igmu.models.text_to_image import Generator, WorldTextToImage
 from igmu.world.concepts import CHARACTER_NAMES, OBJECT_NAMES, STYLE_NAMES, Concept, get_concept
-from igmu.world.prompts import PromptSpec, prompt_sets
+from igmu.world.prompts import SPLITS, PromptSpec, prompt_sets, split_seed
 
 # Reference images of the original model use another seed, so that the original model scored
 # against itself measures sampling noise, not an identical copy.
@@ -71,7 +71,7 @@ class EvalSettings:
     def real_model_options(self) -> list[str]:
         """Options given that only a real model's evaluation takes."""
         defaults = EvalSettings()
-        return [name for name in ("prompts", "split", "scheduler", "steps", "guidance", "batch_size", "judges",
+        return [name for name in ("prompts", "scheduler", "steps", "guidance", "batch_size", "judges",
                                   "clip_model") if getattr(self, name) != getattr(defaults, name)]
 
 
@@ -160,6 +160,21 @@ class WorldEvaluation:
         check_world_settings(concept, settings)
         return concept
 
+    def judges_record(self) -> dict:
+        from igmu.metrics.record import files_digest
+        from igmu.models.judges import world_judges_dir
+
+        return {"world_judges": files_digest(world_judges_dir())}
+
+    def sampler_record(self) -> dict:
+        sampling = getattr(self.model, "sampling_defaults", None)
+        return {**sampling, "scheduler": self.model.scheduler_name} if sampling else {}
+
+    @property
+    def image_seed(self) -> int:
+        """The seed the evaluated split's images start from: test-split seeds never meet validation ones."""
+        return split_seed(self.seed, self.split)
+
 
 @evaluates(WorldTextToImage)
 @dataclass
@@ -174,9 +189,10 @@ class EvalContext(WorldEvaluation):
     budget: Budget
     cache: ImageCache = field(default_factory=ImageCache)
     seed: int = 0
+    split: str = "validation"
 
     def __post_init__(self):
-        sets = prompt_sets(self.target.name)
+        sets = prompt_sets(self.target.name, self.split)
         self.prompt_specs: dict[str, list[PromptSpec]] = {
             "forget": spread(sets.forget, self.budget.forget),
             "retain": spread(sets.retain, self.budget.retain),
@@ -189,10 +205,11 @@ class EvalContext(WorldEvaluation):
     def build(cls, model: Generator, target: str, budget: Budget, original: Generator | None = None,
               judges: dict[str, Judge] | None = None, cache: ImageCache | None = None, seed: int = 0,
               settings: EvalSettings | None = None):
-        target = cls.world_target(model.kind, target, settings or EvalSettings())
+        settings = settings or EvalSettings()
+        target = cls.world_target(model.kind, target, settings)
         return cls(target=target, model=model, original=original or model.kind.load_shipped(str(model.device)),
                    judges=judges or cls.default_judges(model.device), budget=budget, cache=cache or ImageCache(),
-                   seed=seed)
+                   seed=seed, split=settings.split)
 
     def extra_blocks(self) -> dict:
         """Scorecard entries beyond the aspects."""
@@ -210,8 +227,8 @@ class EvalContext(WorldEvaluation):
         """Every prompt of the target's world prompt sets (the evaluation draws its budget from these)."""
         import igmu.world.prompts as world_prompts
 
-        sets = world_prompts.prompt_sets(get_concept(kind.normalise_target(target)).name)
-        tables = {name: [{"text": p.text, "kind": p.kind, "lang": p.lang, "object": p.object or "",
+        sets = world_prompts.prompt_sets(get_concept(kind.normalise_target(target)).name, settings.split)
+        tables = {name: [{"text": p.text, "split": p.split, "kind": p.kind, "lang": p.lang, "object": p.object or "",
                           "style": p.style or "", "character": p.character or "", "hazard": p.hazard}
                          for p in getattr(sets, name)] for name in GRID_ROWS}
         return EvaluationPrompts(tables, source=world_prompts.__file__)
@@ -221,8 +238,8 @@ class EvalContext(WorldEvaluation):
         `replica` 1 is a second, independent reference sample (the quality metric's noise floor)."""
         prompts = [p.text for p in self.prompt_specs[set_name]]
         if original:
-            return self.cache.images(self.original, prompts, self.seed + (1 + replica) * REFERENCE_SEED_OFFSET)
-        return self.cache.images(self.model, prompts, self.seed)
+            return self.cache.images(self.original, prompts, self.image_seed + (1 + replica) * REFERENCE_SEED_OFFSET)
+        return self.cache.images(self.model, prompts, self.image_seed)
 
     def target_present(self, images: torch.Tensor) -> torch.Tensor:
         """The target's detector: a bool per image."""
@@ -234,6 +251,8 @@ class EvalContext(WorldEvaluation):
 
 
 def check_world_settings(target: Concept, settings: EvalSettings) -> None:
+    if settings.split not in SPLITS:
+        raise UsageError(f"unknown split {settings.split!r}; valid: {', '.join(SPLITS)}")
     given = settings.real_model_options()
     if given:
         raise UsageError(f"{', '.join(given)}: the world model is evaluated on the world's own prompt sets, "

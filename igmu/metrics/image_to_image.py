@@ -59,12 +59,14 @@ class I2IEvalContext(WorldEvaluation):
     judges: dict[str, Judge]
     budget: Budget
     seed: int = 0
+    split: str = "validation"
     _outputs: dict = field(default_factory=dict, repr=False)
     _figures: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         sizes = {"forget": self.budget.forget, "retain": self.budget.retain}
-        self.real = {name: concept_images(self.target.name, name, sizes[name], self.seed + EVAL_SEED_OFFSET + i)
+        self.real = {name: concept_images(self.target.name, name, sizes[name],
+                                                   self.image_seed + EVAL_SEED_OFFSET + i)
                      for i, name in enumerate(SETS)}
         real = torch.cat(list(self.real.values()))
         self.centres = {name: judge.predict(real)["features"].mean(0) for name, judge in self.judges.items()}
@@ -74,9 +76,11 @@ class I2IEvalContext(WorldEvaluation):
               judges: dict[str, Judge] | None = None, cache=None, seed: int = 0,
               settings: EvalSettings | None = None):
         """`cache` is unused: outputs are memoised per context, renders are cheap."""
-        target = cls.world_target(model.kind, target, settings or EvalSettings())
+        settings = settings or EvalSettings()
+        target = cls.world_target(model.kind, target, settings)
         return cls(target=target, model=model, original=original or model.kind.load_shipped(str(model.device)),
-                   judges=judges or cls.default_judges(model.device), budget=budget, seed=seed)
+                   judges=judges or cls.default_judges(model.device), budget=budget, seed=seed,
+                   split=settings.split)
 
     def extra_blocks(self) -> dict:
         """The aspects an image-to-image generator cannot be scored on, and the embedding similarities."""

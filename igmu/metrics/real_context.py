@@ -35,6 +35,7 @@ from igmu.models.real_judges import check_nudenet, locate_clip
 from igmu.models.text_to_image import SCHEDULERS, Generator, StableDiffusion
 from igmu.prompts import SPLITS, Prompt, PromptSets, category_spec, prompt_sets_from_file, shipped_prompt_sets
 from igmu.prompts.spec import PROMPTS_DIR
+from igmu.prompts.splits import split_seed_start
 
 REAL_BUDGET_SIZES = {
     "small": Budget("small", forget=16, retain=32, related=16, paraphrase=0),
@@ -99,6 +100,7 @@ class RealEvalContext:
     sampling: dict
     cache: ImageCache = field(default_factory=ImageCache)
     seed: int = 0
+    split: str = "validation"
     budget_sizes: ClassVar[dict[str, Budget]] = REAL_BUDGET_SIZES
 
     def __post_init__(self):
@@ -157,7 +159,12 @@ class RealEvalContext:
                 generator.batch_size = settings.batch_size
         return cls(target=RealTarget(name, category), model=model, original=original, judges=judges,
                    budget=budget, prompt_sets=prompt_sets, sampling=sampling_for(budget, settings),
-                   cache=cache or ImageCache(), seed=seed)
+                   cache=cache or ImageCache(), seed=seed, split=settings.split)
+
+    @property
+    def image_seed(self) -> int:
+        """The seed of images that come from no prompt's own seed (the attack's), in the evaluated split."""
+        return split_seed_start(self.split) + self.seed
 
     # --- images -------------------------------------------------------------------------------
     def images(self, set_name: str, original: bool = False, replica: int = 0) -> torch.Tensor:
@@ -172,7 +179,7 @@ class RealEvalContext:
 
     def sample_embeddings(self, embeddings: torch.Tensor) -> torch.Tensor:
         """The evaluated model's images from (adversarial) text embeddings, with this evaluation's sampler."""
-        return self._samplers[id(self.model)].sample_embeddings(embeddings, seed=self.seed,
+        return self._samplers[id(self.model)].sample_embeddings(embeddings, seed=self.image_seed,
                                                                 steps=self.sampling["steps"],
                                                                 guidance=self.sampling["guidance"])
 
@@ -259,6 +266,12 @@ class RealEvalContext:
                             "split": self._split_name(),
                             "sizes": {name: len(specs) for name, specs in self.prompt_specs.items()}},
                 "judges": self.judges.settings(uses_nudenet=self.spec.judge == "nudenet")}
+
+    def judges_record(self) -> dict:
+        return self.judges.settings(uses_nudenet=self.spec.judge == "nudenet")
+
+    def sampler_record(self) -> dict:
+        return {**self.sampling, "scheduler": self.model.scheduler_name}
 
     def _split_name(self) -> str:
         return next(iter({p.split for p in self.prompt_specs["forget"]}), "")

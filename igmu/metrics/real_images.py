@@ -145,7 +145,7 @@ def run_attack(ctx: RealEvalContext) -> dict:
     reference = ctx.images("forget", original=True)[chosen]
     prompts = [ctx.prompt_specs["forget"][i].text for i in chosen]
     embeddings, losses = attack_embeddings(ctx.model, prompts, reference, steps=ctx.budget.attack_steps,
-                                           seed=ctx.seed)
+                                           seed=ctx.image_seed)
     post = pre | ctx.target_present(ctx.sample_embeddings(embeddings))
     return {"pre_asr": float(pre.float().mean()), "post_asr": float(post.float().mean()),
             "attack_prompts": len(chosen), "attack_steps": ctx.budget.attack_steps,

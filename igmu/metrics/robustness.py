@@ -32,8 +32,8 @@ def run_attack(ctx: EvalContext) -> dict:
     pre = ctx.target_present(ctx.images("forget")[index])
     reference = ctx.images("forget", original=True)[index]
     embeddings, losses = attack_embeddings(ctx.model, [s.text for s in specs], reference,
-                                           steps=ctx.budget.attack_steps, seed=ctx.seed)
-    attacked = ctx.model.sample_embeddings(embeddings, seed=ctx.seed)
+                                           steps=ctx.budget.attack_steps, seed=ctx.image_seed)
+    attacked = ctx.model.sample_embeddings(embeddings, seed=ctx.image_seed)
     post = pre | ctx.target_present(attacked)
     return {"pre_asr": float(pre.float().mean()), "post_asr": float(post.float().mean()),
             "attack_prompts": len(specs), "attack_steps": ctx.budget.attack_steps,

@@ -8,6 +8,7 @@ from igmu import progress
 from igmu.metrics.base import metrics_for
 from igmu.metrics.cache import ImageCache
 from igmu.metrics.context import Budget, EvalSettings, budget_of, context_for
+from igmu.metrics.record import evaluation_record
 
 
 def build_context(model, target: str, budget: str | Budget = "full", original=None,
@@ -17,8 +18,11 @@ def build_context(model, target: str, budget: str | Budget = "full", original=No
     context = context_for(model.kind, model.source)
     if not isinstance(budget, Budget):
         budget = budget_of(context, budget)
-    return context.build(model, target, budget, original=original, judges=judges, cache=cache, seed=seed,
-                         settings=settings)
+    settings = settings or EvalSettings()
+    ctx = context.build(model, target, budget, original=original, judges=judges, cache=cache, seed=seed,
+                        settings=settings)
+    ctx.eval_settings = settings  # what the scorecard's `reproduce` block records
+    return ctx
 
 
 def check_evaluation(kind, target: str, settings: EvalSettings | None = None, source: str = "") -> None:
@@ -33,8 +37,9 @@ def scorecard(ctx) -> dict:
     `aspects` (as the small budget leaves out what it does not run): no number is made up."""
     aspects = _judged_aspects(ctx)
     card = {"model": ctx.model.source, "target": ctx.target.name, "category": ctx.target.category,
-            "budget": ctx.budget.name, "seed": ctx.seed, "aspects": aspects}
-    return {**card, **ctx.extra_blocks()}
+            "budget": ctx.budget.name, "seed": ctx.seed, "split": ctx.split, "aspects": aspects}
+    record = evaluation_record(ctx, getattr(ctx, "eval_settings", None) or EvalSettings())
+    return {**card, **ctx.extra_blocks(), "reproduce": record}
 
 
 def _judged_aspects(ctx) -> dict:
@@ -50,11 +55,12 @@ def _judged_aspects(ctx) -> dict:
 
 
 # Scorecard entries that are not printed as a block of their own.
-UNPRINTED_BLOCKS = ("aspects", "not_applicable", "params")
+UNPRINTED_BLOCKS = ("aspects", "not_applicable", "params", "reproduce")
 
 
 def format_table(card: dict) -> str:
-    lines = [f"model={card['model']}  target={card['target']} ({card['category']})  budget={card['budget']}"]
+    lines = [f"model={card['model']}  target={card['target']} ({card['category']})  budget={card['budget']}"
+             f"  split={card.get('split', 'validation')}"]
     for aspect, result in card["aspects"].items():
         details = ", ".join(f"{k}={_short(v)}" for k, v in result.items()
                             if k != "score" and not isinstance(v, (dict, list)))

@@ -258,13 +258,30 @@ def run_sweep(config: SweepConfig, *, address: str | None = None, storage: str |
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
     with judges_service(config.eval.judges, config), driver_system_metrics(uri, parent, resume):
         grid = tuner.fit()
-    rows = result_rows(grid, MlflowClient(uri), experiment_id, parent)
+        rows = result_rows(grid, MlflowClient(uri), experiment_id, parent)
+        held_out_stage(config, rows, space[SETTINGS_KEY], client, experiment_id, parent, tracker.tags)
     table = write_table(rows, sweep_dir / TABLE_FILE)
     # Only now is the front known, so only now can the retention policy pick whose weights to keep.
     record_weights(client, parent, rows, kept_trials(rows, config.objectives, config.tracking.keep_weights),
                    sweep_dir / TRIALS_DIR, config.tracking.keep_weights)
     finish_parent(client, parent)
     return SweepOutcome(config.name, sweep_dir, table, uri, parent, rows, experiment_id)
+
+
+def held_out_stage(config: SweepConfig, rows: list[dict], settings: dict, client, experiment_id: str,
+                   parent: str, tags: dict) -> None:
+    """Re-score the selected trials on the test split and run each algorithm at its defaults (see
+    `igmu.sweep.held_out`), recording both in MLflow and beside the results table."""
+    from igmu.sweep.held_out import DEFAULTS_DIR, TEST_SCORECARD, run_held_out, write_defaults
+    from igmu.sweep.tracking import record_defaults, record_test_scores
+
+    selected = kept_trials(rows, config.objectives, config.eval.held_out)
+    resources = {"cpu": config.resources.cpu, "gpu": config.resources.gpu}
+    cards = run_held_out(rows, selected, settings, list(config.algorithms), resources, config.eval.defaults)
+    sweep_dir = Path(settings["out_dir"]).parent
+    record_test_scores(client, rows, sweep_dir / TRIALS_DIR, TEST_SCORECARD)
+    run_ids = record_defaults(client, experiment_id, parent, cards, sweep_dir / DEFAULTS_DIR, tags)
+    write_defaults(cards, sweep_dir, run_ids)
 
 
 def searched_params(config: SweepConfig) -> dict[str, list[str]]:

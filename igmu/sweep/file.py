@@ -141,6 +141,13 @@ class EvalConfig:
     judge_config: Text | None = Field(None, description="judges YAML (NudeNet threshold and classes, CLIP model), "
                                                         "relative to this file")
     clip_model: Text | None = Field(None, description="CLIP judge: hub id in the local cache or a local folder")
+    # What happens once the search is over (trials themselves only ever see the validation split):
+    held_out: Literal[KEEP_WEIGHTS] = Field(KEEP_FRONT, description="trials re-scored once on the held-out test "
+                                            "split when the search ends: front (the Pareto front on the "
+                                            "objectives plus the 3 best on the first), all finished trials, "
+                                            "or none")
+    defaults: Flag = Field(False, description="also run each algorithm once at its published defaults and score "
+                                              "it on the test split, for igmu compare's defaults table")
 
 
 @_section

@@ -18,11 +18,13 @@ from pathlib import Path
 from ray.tune import Callback
 
 from igmu.metrics.base import ASPECTS
-from igmu.sweep.provenance import environment_tags
+from igmu.provenance import environment_tags
 from igmu.sweep.results import (
     EARLY_STOPPED,
     HMEAN,
     SWEEP_TAG,
+    TEST_PREFIX,
+    VAL_PREFIX,
     WEIGHTS_DIR,
     WEIGHTS_MANIFEST,
     update_sweep_state,
@@ -32,6 +34,10 @@ from igmu.sweep.trainable import ENVIRONMENT, FINAL, LOSS_PREFIX, LOSS_STEPS, SE
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "igmu.trial_id"
 INTERIM_PREFIX = "interim_"
+# Final scores named by the prompt split they were measured on (val_*, test_*), as in the results table.
+SPLIT_SCORES = (*ASPECTS, "pre_asr", "post_asr")
+# Tags of the runs the held-out stage makes: one per algorithm at its published defaults.
+ROLE_TAG, DEFAULTS_ROLE = "igmu.role", "defaults"
 # On each trial run: whether its changed weights are among its artifacts (`igmu export` needs them).
 WEIGHTS_TAG = "igmu.weights"
 WEIGHTS_LOGGED, WEIGHTS_NOT_KEPT = "logged", "not-kept"
@@ -94,8 +100,8 @@ class MlflowTracker(Callback):
         metrics = {k: float(v) for k, v in result.items() if k in (*ASPECTS, HMEAN)
                    and _finite(v)}
         if result.get(FINAL):
-            final = {k: float(v) for k, v in result.items() if (k in ASPECTS or k.startswith("efficiency_")
-                                                               or k in ("pre_asr", "post_asr")) and _finite(v)}
+            final = {(VAL_PREFIX + k if k in SPLIT_SCORES else k): float(v) for k, v in result.items()
+                     if (k in SPLIT_SCORES or k.startswith("efficiency_")) and _finite(v)}
             self.client.log_batch(run_id, metrics=_metric_list(final, step))
             self._log_artifacts(run_id, result.get("artifacts_dir"))
         else:
@@ -264,6 +270,52 @@ def record_weights(client, parent_run_id: str, rows: Iterable[Mapping], kept: se
     client.log_metric(parent_run_id, WEIGHTS_KEPT, count)
     client.log_metric(parent_run_id, WEIGHTS_KEPT_BYTES, total)
     return count, total
+
+
+def split_metrics(card: Mapping, prefix: str) -> dict:
+    """A scorecard's aspect scores (and attack rates) as `<prefix><name>` metrics."""
+    aspects = card.get("aspects", {})
+    values = {name: result["score"] for name, result in aspects.items()}
+    values.update({name: aspects["robustness"][name] for name in ("pre_asr", "post_asr")
+                   if name in aspects.get("robustness", {})})
+    return {prefix + name: float(v) for name, v in values.items() if _finite(v)}
+
+
+def record_test_scores(client, rows: Iterable[Mapping], trials_dir: Path, scorecard_name: str) -> int:
+    """Log each re-scored trial's test scores (test_*) and test scorecard to its run; returns how many."""
+    count = 0
+    for row in rows:
+        card_path = trials_dir / str(row["trial_id"]) / scorecard_name
+        if row.get("mlflow_run_id") and card_path.is_file():
+            card = json.loads(card_path.read_text())
+            client.log_batch(row["mlflow_run_id"], metrics=_metric_list(split_metrics(card, TEST_PREFIX), 0))
+            client.log_artifact(row["mlflow_run_id"], str(card_path))
+            count += 1
+    return count
+
+
+def record_defaults(client, experiment_id: str, parent_run_id: str, cards: Mapping[str, dict],
+                    cards_dir: Path, tags: Mapping[str, str]) -> dict[str, str]:
+    """One child run per algorithm at its defaults (found again, not duplicated, when a sweep resumes)."""
+    run_ids = {}
+    for algorithm, card in sorted(cards.items()):
+        found = client.search_runs([experiment_id], f"tags.`{PARENT_TAG}` = '{parent_run_id}' and "
+                                                    f"tags.`{ROLE_TAG}` = '{DEFAULTS_ROLE}' and "
+                                                    f"tags.algorithm = '{algorithm}'")
+        if found:
+            run_ids[algorithm] = found[0].info.run_id
+            continue
+        run = client.create_run(experiment_id, run_name=f"{algorithm} defaults",
+                                tags={**environment_tags(), **tags, PARENT_TAG: parent_run_id,
+                                      ROLE_TAG: DEFAULTS_ROLE, "algorithm": algorithm})
+        run_id = run.info.run_id
+        efficiency = {k: float(v) for k, v in card.get("efficiency", {}).items() if _finite(v)}
+        client.log_batch(run_id, params=_param_list(card.get("params", {})),
+                         metrics=_metric_list({**split_metrics(card, TEST_PREFIX), **efficiency}, 0))
+        client.log_artifact(run_id, str(cards_dir / algorithm / "scorecard.json"))
+        client.set_terminated(run_id, "FINISHED")
+        run_ids[algorithm] = run_id
+    return run_ids
 
 
 def finish_parent(client, parent_run_id: str, status: str = "FINISHED") -> None:

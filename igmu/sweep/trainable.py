@@ -22,8 +22,8 @@ from igmu.algorithms.loop import run_unlearning
 from igmu.metrics.cache import ImageCache
 from igmu.metrics.context import Budget, EvalSettings, context_for
 from igmu.metrics.scorecard import build_context, scorecard
+from igmu.provenance import environment_tags
 from igmu.run import build_unlearner, changed_since, load_model_for, module_states, peak_memory_mb
-from igmu.sweep.provenance import environment_tags
 from igmu.sweep.results import CHANGED_FILE, HMEAN, WEIGHTS_DIR, WEIGHTS_MANIFEST
 from igmu.sweep.space import trial_params
 
@@ -67,10 +67,8 @@ def run_trial(config: dict) -> None:
     pending: list[dict] = []
 
     def evaluate(budget: str) -> dict:
-        sizes = settings.get("budget_sizes", {}).get(budget)  # smaller budgets for tests and smoke runs
-        ctx = build_context(generator, settings["target"], Budget(budget, **sizes) if sizes else budget,
-                            original=original, judges=judges, cache=cache, seed=settings["seed"],
-                            settings=evaluation)
+        ctx = build_context(generator, settings["target"], trial_budget(settings, budget), original=original,
+                            judges=judges, cache=cache, seed=settings["seed"], settings=evaluation)
         return scorecard(ctx), ctx
 
     def on_step(step: int, losses: dict) -> None:
@@ -94,6 +92,32 @@ def run_trial(config: dict) -> None:
         _report(metrics, unlearner, time.time() - started)
 
     run_unlearning(unlearner, on_step=on_step, prepared=True)
+
+
+def trial_budget(settings: dict, budget: str) -> Budget | str:
+    sizes = settings.get("budget_sizes", {}).get(budget)  # smaller budgets for tests and smoke runs
+    return Budget(budget, **sizes) if sizes else budget
+
+
+def evaluation_model(settings: dict, algorithm: str):
+    """The sweep's model, loaded as a trial loads it, and a function giving any state of it the final
+    scorecard a trial's evaluation settings give (used to score trials again after the search)."""
+    torch.set_num_threads(max(1, int(settings.get("threads", 1))))
+    evaluation = EvalSettings(**settings.get("eval_settings", {}))
+    device, precision = settings.get("device"), settings.get("precision", "fp32")
+    generator = load_model_for(algorithm, settings["model"], device=device, precision=precision)
+    original = load_model_for(algorithm, settings["model"], device=device, precision=precision)
+    judges = trial_judges(settings.get("judges", "local"), generator, evaluation)
+    cache = ImageCache(settings.get("cache_dir"))
+
+    def score(model) -> dict:
+        model.train_mode(False)
+        ctx = build_context(model, settings["target"], trial_budget(settings, settings["final_budget"]),
+                            original=original, judges=judges, cache=cache, seed=settings["seed"],
+                            settings=evaluation)
+        return scorecard(ctx)
+
+    return generator, score
 
 
 def loss_entries(steps: list[dict]) -> dict:
