@@ -184,23 +184,44 @@ def trial_scores(row: pd.Series, objectives: Sequence[str] = ()) -> dict:
 
 def frontier_json(frontier: Frontier) -> dict:
     """The `igmu pareto --json` document: objectives, front entries, hypervolume and knee trial id."""
+    ties = interval_ties(frontier)
     front = [{"trial_id": _plain(row["trial_id"]), "algorithm": _plain(row.get("algorithm")),
               "params": trial_params(row), "scores": trial_scores(row, frontier.objectives),
-              "early_stopped": bool(row["early_stopped"])}
+              "early_stopped": bool(row["early_stopped"]), "within_intervals_of": ties.get(_plain(row["trial_id"]), [])}
              for _, row in frontier.front.iterrows()]
     return {"objectives": list(frontier.objectives), "directions": list(frontier.directions), "front": front,
             "hypervolume": frontier.hypervolume, "knee": frontier.knee_trial,
             "scored_trials": len(frontier.scored)}
 
 
+def interval_ties(frontier: Frontier) -> dict:
+    """Front trial id -> the other front members it cannot be told apart from: their 95% intervals
+    overlap on every objective (no entry for a front whose table carries no intervals)."""
+    front = frontier.front
+    columns = [(f"{name}_ci_low", f"{name}_ci_high") for name in frontier.objectives]
+    if any(low not in front.columns or high not in front.columns for low, high in columns):
+        return {}
+    bounds = {_plain(row["trial_id"]): [(row[low], row[high]) for low, high in columns] for _, row in front.iterrows()}
+
+    def overlap(a, b) -> bool:
+        return all(not _missing(x[0]) and not _missing(y[0]) and x[0] <= y[1] and y[0] <= x[1] for x, y in zip(a, b))
+
+    return {trial: [other for other in bounds if other != trial and overlap(bounds[trial], bounds[other])]
+            for trial in bounds}
+
+
 def front_rows(frontier: Frontier) -> tuple[list[str], list[list[str]]]:
     """Headers and text cells of the front (trial, algorithm, scores, note, hyperparameters), for any table format."""
     scores = score_names(frontier.objectives)
     knee = frontier.knee_trial
+    ties = interval_ties(frontier)
     rows = []
     for _, row in frontier.front.iterrows():
+        tied = ties.get(_plain(row["trial_id"]))
         notes = [note for note, applies in (("knee", _plain(row["trial_id"]) == knee),
-                                            ("early-stopped", bool(row["early_stopped"]))) if applies]
+                                            ("early-stopped", bool(row["early_stopped"])),
+                                            (f"within CI of {', '.join(map(str, tied or []))}", bool(tied)))
+                 if applies]
         rows.append([str(row["trial_id"]), str(row.get("algorithm", "")),
                      *(format_number(row.get(name)) for name in scores), ", ".join(notes),
                      format_params(trial_params(row))])

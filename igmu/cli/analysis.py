@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from igmu.cli.options import SPLITS, Choice
 from igmu.cli.output import emit, note
 
 DEFAULT_OBJECTIVES_TEXT = "forgetting,preservation"
@@ -24,11 +25,14 @@ OBJECTIVES_HELP = ("Comma-separated objectives: forgetting, preservation, qualit
 @click.option("--objectives", default=DEFAULT_OBJECTIVES_TEXT, show_default=True, help=OBJECTIVES_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the front as JSON instead of a table.")
 @click.option("--include-stopped", is_flag=True, help="Keep early-stopped trials that have scores (marked).")
+@click.option("--split", default="validation", show_default=True, type=Choice(SPLITS),
+              help="Scores to rank: validation (what the search saw; tags the MLflow runs) or test (the held-out "
+                   "re-scoring of the trials the sweep selected).")
 @click.option("--storage", default=None, help="Results root; default: $IGMU_RESULTS or ./igmu-results.")
 @click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
               help="MLflow tracking URI; default: $MLFLOW_TRACKING_URI, else SQLite under the results root.")
-def pareto_command(sweep: str, objectives: str, as_json: bool, include_stopped: bool, storage: str | None,
-                   tracking_uri: str | None) -> None:
+def pareto_command(sweep: str, objectives: str, as_json: bool, include_stopped: bool, split: str,
+                   storage: str | None, tracking_uri: str | None) -> None:
     """Pareto front of SWEEP (a sweep name, its MLflow parent run id or a results .parquet file).
 
     Tags the front's MLflow runs pareto=true and the sweep's other runs pareto=false, and logs the
@@ -39,9 +43,11 @@ def pareto_command(sweep: str, objectives: str, as_json: bool, include_stopped: 
 
     source = locate_sweep(sweep, storage, tracking_uri)
     chosen = choose_objectives(objectives, [source])
-    frontier = compute_frontier(load_sweep_table(source), chosen, include_stopped, label=f"sweep {source.label!r}")
+    frontier = compute_frontier(load_sweep_table(source, split), chosen, include_stopped,
+                                label=f"sweep {source.label!r}")
     emit(frontier_json(frontier), as_json, lambda _: click.echo(format_front_table(frontier, source.label)))
-    message = record_sweep_front(source, frontier)
+    # The runs' pareto tags and the parent's plots say what the search found: the validation front.
+    message = record_sweep_front(source, frontier) if split == "validation" else None
     if message:
         note(message)
 
@@ -78,7 +84,13 @@ def compare_command(sweeps: tuple[str, ...], out: Path, objectives: str, include
     written = write_compare_report(compare_algorithms(loaded, chosen, include_stopped), sources, out)
 
     def table(report):
+        from igmu.analysis.standing import TIED, standing_table
+
         click.echo(text_table(*leaderboard_table(report["leaderboard"])))
+        for name, tuned in (("defaults", False), ("tuned", True)):
+            if report[name]:
+                click.echo(f"\n{name} (held-out test split; {TIED}: within the best's 95% interval)")
+                click.echo(text_table(*standing_table(report[name], tuned)))
         click.echo(f"report: {report['markdown']}  {report['html']}")
 
     emit(written, as_json, table)
