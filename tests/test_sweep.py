@@ -230,3 +230,15 @@ def test_eval_from_run_reproduces_a_trials_test_scores_exactly(finished_sweep):
     validation = rescore_run(row.mlflow_run_id, split="validation", tracking_uri=outcome.tracking_uri)
     assert validation["split"] == "validation" and all(validation["identical"].values())
     assert validation["rescored"]["aspects"]["forgetting"]["score"] == row.val_forgetting
+
+
+def test_the_sweep_summary_reads_the_stored_rows(finished_sweep):
+    """The rows name scores per split (val_*, test_*): the printed front and best values still find them."""
+    from igmu.analysis.frontier import front_summary
+    from igmu.cli.sweeps import _sweep_summary
+
+    outcome, _ = finished_sweep
+    config = load_sweep(outcome.sweep_dir.parent.parent / "esd-tiny.yaml")
+    assert "hypervolume" in front_summary(outcome.rows, config.objectives)
+    summary = _sweep_summary(outcome, config)
+    assert "best forgetting" in summary and "held-out test split" in summary and " -> " in summary

@@ -38,6 +38,7 @@ from igmu.sweep.results import (
     STATUSES,
     SweepSource,
     objective_directions,
+    split_view,
 )
 
 PARETO_TAG = "pareto"
@@ -244,6 +245,7 @@ def front_summary(table, objectives: Mapping[str, str] | Sequence[str] = DEFAULT
     """
     frame = table if isinstance(table, pd.DataFrame) else pd.DataFrame(list(table))
     try:
+        frame = split_view(frame, "validation")
         if frame.empty or any(column not in frame.columns for column in REQUIRED_COLUMNS):
             raise UsageError("no trials")
         return format_front_table(compute_frontier(frame, objectives, label="this sweep"))

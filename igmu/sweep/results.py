@@ -353,9 +353,9 @@ def distinct_sources(sources: Iterable[SweepSource]) -> list[SweepSource]:
     return distinct
 
 
-def load_sweep_table(source: SweepSource, split: str = "validation"):
-    """Read the results table, with `split`'s scores under the aspect names (see `split_view`), turning
-    unreadable files and foreign tables into one-line errors."""
+def load_sweep_table(source: SweepSource, split: str | None = "validation"):
+    """Read the results table, with `split`'s scores under the aspect names (see `split_view`; None:
+    the columns as stored), turning unreadable files and foreign tables into one-line errors."""
     import pandas as pd
 
     try:
@@ -365,4 +365,4 @@ def load_sweep_table(source: SweepSource, split: str = "validation"):
     missing = [column for column in REQUIRED_COLUMNS if column not in table.columns]
     if missing:
         raise UsageError(f"{source.table_path} is not an igmu results table: no column {missing[0]!r}")
-    return split_view(table, split, label=f"sweep {source.label!r}")
+    return table if split is None else split_view(table, split, label=f"sweep {source.label!r}")
