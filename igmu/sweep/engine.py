@@ -20,6 +20,7 @@ from igmu.sweep.results import (
     EARLY_STOPPED,
     ERROR,
     FINISHED,
+    NODE,
     STATE_FILE,
     SWEEP_TAG,
     TABLE_FILE,
@@ -321,7 +322,7 @@ def result_rows(grid, client, experiment_id: str, parent_run_id: str) -> list[di
     from igmu.run import resolved_params
     from igmu.sweep.space import trial_params
     from igmu.sweep.tracking import PARENT_TAG, TRIAL_TAG
-    from igmu.sweep.trainable import FINAL, SETTINGS_KEY
+    from igmu.sweep.trainable import ENVIRONMENT, FINAL, SETTINGS_KEY
 
     runs = {r.data.tags.get(TRIAL_TAG): r for r in client.search_runs(
         [experiment_id], f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=10_000)}
@@ -334,5 +335,5 @@ def result_rows(grid, client, experiment_id: str, parent_run_id: str) -> list[di
         run = runs.get(metrics.get("trial_id"))
         status = ERROR if result.error else (FINISHED if metrics.get(FINAL) else EARLY_STOPPED)
         rows.append(trial_row(metrics.get("trial_id"), algorithm, params, status, metrics,
-                              run.info.run_id if run else None))
+                              run.info.run_id if run else None, (metrics.get(ENVIRONMENT) or {}).get(NODE)))
     return rows
