@@ -3,8 +3,9 @@
 (1) A sweep of `--trials` trials, all running at once on a two-worker cluster (scripts/local_cluster.py),
     reporting through the driver to an `mlflow server` on PostgreSQL with artifacts in S3 (moto), and
     Tune's checkpoints in that S3: every MLflow request the driver makes is timed (p50/p99), failed
-    requests counted, and every trial's run checked against what the trial reported (lost metrics:
-    interim scores, loss curve points and final scores that should be in MLflow and are not).
+    requests (exceptions, 5xx) counted, and every trial's run checked against what the trial reported,
+    as Tune's result.json files record it (lost metrics: interim scores, loss curve points and final
+    scores reported but not in MLflow).
 (2) The world judges on Ray Serve (one replica) on the same cluster under `--clients` concurrent
     clients, each sending `--requests` requests of `--request-images` images: per-request latency
     (p50/p99), failed requests, and retries the client needed.
@@ -17,8 +18,10 @@ Usage: python bench/cluster_load.py [--trials 8] [--clients 16] [--json]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import textwrap
@@ -50,6 +53,8 @@ class RequestTimer:
     def __init__(self):
         self.seconds: list[float] = []
         self.failed: list[str] = []
+        # 4xx answers are the server answering a question (get-by-name of an experiment not made yet).
+        self.client_errors: list[str] = []
         self.lock = threading.Lock()
 
     def install(self) -> None:
@@ -69,12 +74,15 @@ class RequestTimer:
                 raise
             with self.lock:
                 self.seconds.append(time.perf_counter() - started)
-                if response.status_code >= 400:
+                if response.status_code >= 500:
                     self.failed.append(f"{kwargs.get('endpoint')}: HTTP {response.status_code}")
+                elif response.status_code >= 400:
+                    self.client_errors.append(f"{kwargs.get('endpoint')}: HTTP {response.status_code}")
             return response
 
         for module in list(sys.modules.values()):
-            if getattr(module, "__name__", "").startswith("mlflow") and getattr(module, "http_request", None) is original:
+            name = getattr(module, "__name__", "")
+            if name.startswith("mlflow") and getattr(module, "http_request", None) is original:
                 module.http_request = timed
 
 
@@ -99,27 +107,58 @@ def sweep_file(folder: Path, trials: int) -> Path:
     return path
 
 
-def lost_metrics(client, rows: list[dict]) -> dict:
-    """What each finished trial reported that its MLflow run lacks: interim scores at every interim
-    evaluation, a loss point at every step, and the final validation scores."""
-    from igmu.metrics.base import ASPECTS
+def reported_results(endpoint: str, prefix: str) -> dict[str, list[dict]]:
+    """Trial id -> every result the trial reported, as Tune's JSON logger kept them in S3 (result.json):
+    what MLflow must hold."""
+    from cluster_stack import BUCKET, s3_client, s3_keys
 
-    interim_steps = list(range(EVAL_EVERY, STEPS, EVAL_EVERY))
-    lost, expected = 0, 0
+    client = s3_client(endpoint)
+    results: dict[str, list[dict]] = {}
+    for key in s3_keys(endpoint, prefix):
+        if key.endswith("/result.json"):
+            body = client.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode()
+            for line in body.splitlines():
+                if line.strip():
+                    result = json.loads(line)
+                    results.setdefault(result["trial_id"], []).append(result)
+    return results
+
+
+def expected_points(results: list[dict]) -> set[tuple[str, int]]:
+    """(metric, step) pairs the driver must log for these reports (igmu.sweep.tracking's naming)."""
+    import math
+
+    from igmu.metrics.base import ASPECTS
+    from igmu.sweep.results import HMEAN
+
+    def finite(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    points = set()
+    for result in results:
+        step = int(result["step"])
+        if result.get("final"):
+            points |= {(f"val_{a}", step) for a in ASPECTS if finite(result.get(a))}
+        else:
+            points |= {(f"interim_{a}", step) for a in (*ASPECTS, HMEAN) if finite(result.get(a))}
+        points |= {(f"loss_{name}", int(entry["step"])) for entry in result.get("loss_steps") or []
+                   for name, value in entry.items() if name != "step" and finite(value)}
+    return points
+
+
+def lost_metrics(client, rows: list[dict], reported: dict[str, list[dict]]) -> dict:
+    """Metric points the trials reported (per Tune's own record) that their MLflow runs lack."""
+    expected, lost, missing_trials = 0, 0, 0
     for row in rows:
-        run = client.get_run(row["mlflow_run_id"])
-        for aspect in ("forgetting", "preservation"):
-            got = {m.step for m in client.get_metric_history(run.info.run_id, f"interim_{aspect}")}
-            expected += len(interim_steps)
-            lost += len(set(interim_steps) - got)
-        losses = [key for key in run.data.metrics if key.startswith("loss_")]
-        for key in losses:
-            got = {m.step for m in client.get_metric_history(run.info.run_id, key)}
-            expected += STEPS
-            lost += len(set(range(1, STEPS + 1)) - got)
-        expected += len(ASPECTS) + (0 if losses else 1)  # no loss curve at all counts as one lost metric
-        lost += sum(f"val_{a}" not in run.data.metrics for a in ASPECTS) + (0 if losses else 1)
-    return {"expected": expected, "lost": lost}
+        points = expected_points(reported.get(row["trial_id"], []))
+        if not points:
+            missing_trials += 1  # no record of what it reported: counted, not guessed
+            continue
+        expected += len(points)
+        for name in {name for name, _ in points}:
+            logged = {m.step for m in client.get_metric_history(row["mlflow_run_id"], name)}
+            lost += sum(step not in logged for metric, step in points if metric == name)
+    return {"expected": expected, "lost": lost, "trials_without_record": missing_trials}
 
 
 def sweep_load(stack: dict, cluster: dict, folder: Path, trials: int) -> dict:
@@ -139,8 +178,9 @@ def sweep_load(stack: dict, cluster: dict, folder: Path, trials: int) -> dict:
             "finished_trials": statuses.count("finished"), "seconds": round(seconds, 1),
             "nodes": len({row["node"] for row in outcome.rows}),
             "mlflow_requests": percentiles(timer.seconds), "failed_requests": len(timer.failed),
-            "failed_request_examples": timer.failed[:5],
-            "metrics": lost_metrics(MlflowClient(stack["mlflow"]), [r for r in outcome.rows if r["status"] == "finished"])}
+            "failed_request_examples": timer.failed[:5], "answered_4xx": timer.client_errors[:5],
+            "metrics": lost_metrics(MlflowClient(stack["mlflow"]), outcome.rows,
+                                    reported_results(stack["s3"], "tune/load/tune/"))}
 
 
 def serve_load(clients: int, requests: int, request_images: int) -> dict:
@@ -154,9 +194,13 @@ def serve_load(clients: int, requests: int, request_images: int) -> dict:
     from igmu.world.render import random_scene, render_batch
 
     rng = np.random.default_rng(0)
-    images = np.ascontiguousarray(render_batch([random_scene(rng) for _ in range(request_images)]).transpose(0, 3, 1, 2))
-    deploy_judges(load_serve_config(None, {"max_batch_size": 256, "max_images_per_request": request_images,
-                                           "deployment": {"num_replicas": 1, "max_ongoing_requests": 4 * clients,
+    scenes = [random_scene(rng) for _ in range(request_images)]
+    images = np.ascontiguousarray(render_batch(scenes).transpose(0, 3, 1, 2))
+    # Every client's request can wait in the replica at once (max_ongoing_requests), so batches fill
+    # from all of them; Serve requires it to be at least the batch size.
+    batch = max(clients * request_images, request_images)
+    deploy_judges(load_serve_config(None, {"max_batch_size": batch, "max_images_per_request": request_images,
+                                           "deployment": {"num_replicas": 1, "max_ongoing_requests": batch,
                                                           "ray_actor_options": {"num_cpus": 1}}}))
     client = HandleJudgeClient()
     client.predict("object", images)  # warm-up: the replica loads its judges
@@ -201,18 +245,28 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    from cluster_stack import local_cluster, node_env, tracking_stack
 
     load_before = os.getloadavg()
     folder = Path(tempfile.mkdtemp(prefix="igmu-load"))
-    with tracking_stack(folder / "stack") as stack, \
-            local_cluster(folder / "cluster", node_env(stack["s3_env"]), workers=2,
-                          worker_cpus=max(1, (args.trials + 1) // 2)) as cluster:
+    # Tune's tables and MLflow's run links print to stdout: keep it for the result alone.
+    with contextlib.redirect_stdout(sys.stderr):
+        result = run(args, folder, load_before)
+    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def run(args, folder: Path, load_before) -> dict:
+    from cluster_stack import stack_and_cluster
+
+    with stack_and_cluster(folder, workers=2, worker_cpus=max(1, (args.trials + 1) // 2)) as (stack, cluster):
         # This process is the driver: it needs the cluster's token before Ray is imported, and the
         # trials' settings the tiny budgets.
         os.environ.update({key: cluster["driver_env"][key] for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")})
+        # Tune's JSON logger stays on: its result.json files in S3 are the record of what each trial
+        # reported, which MLflow is checked against.
+        os.environ.pop("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", None)
         os.environ.update({**stack["s3_env"], "IGMU_RESULTS": str(folder / "results"),
-                           "IGMU_BUDGET_SIZES": json.dumps(TINY_BUDGETS), "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"})
+                           "IGMU_BUDGET_SIZES": json.dumps(TINY_BUDGETS)})
         import ray
 
         try:
@@ -224,11 +278,10 @@ def main() -> None:
 
             serve.shutdown()
             ray.shutdown()
-    result = {"sweep": sweep, "serve": judges,
-              "machine": {"cores": os.cpu_count(), "load_before": [round(x, 2) for x in load_before],
-                          "load_after_sweep": [round(x, 2) for x in load_sweep_end],
-                          "load_after": [round(x, 2) for x in os.getloadavg()]}}
-    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
+    return {"sweep": sweep, "serve": judges,
+            "machine": {"cores": os.cpu_count(), "load_before": [round(x, 2) for x in load_before],
+                        "load_after_sweep": [round(x, 2) for x in load_sweep_end],
+                        "load_after": [round(x, 2) for x in os.getloadavg()]}}
 
 
 if __name__ == "__main__":

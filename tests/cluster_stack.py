@@ -134,18 +134,18 @@ def s3_server(log_dir: Path):
     try:
         endpoint = f"http://127.0.0.1:{port}"
         wait_until(lambda: answers(endpoint), process, log_dir / "moto.log", "moto_server")
-        import boto3
-
-        boto3.client("s3", endpoint_url=endpoint, **_boto_credentials()).create_bucket(Bucket=BUCKET)
+        s3_client(endpoint).create_bucket(Bucket=BUCKET)
         yield endpoint
     finally:
         stop(process)
 
 
-def _boto_credentials() -> dict:
-    return {"aws_access_key_id": S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-            "aws_secret_access_key": S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-            "region_name": S3_CREDENTIALS["AWS_DEFAULT_REGION"]}
+def s3_client(endpoint: str):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+                        region_name=S3_CREDENTIALS["AWS_DEFAULT_REGION"])
 
 
 def s3_env(endpoint: str) -> dict:
@@ -156,9 +156,7 @@ def s3_env(endpoint: str) -> dict:
 
 
 def s3_keys(endpoint: str, prefix: str) -> list[str]:
-    import boto3
-
-    client = boto3.client("s3", endpoint_url=endpoint, **_boto_credentials())
+    client = s3_client(endpoint)
     keys = []
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
         keys += [item["Key"] for item in page.get("Contents", [])]
@@ -166,22 +164,44 @@ def s3_keys(endpoint: str, prefix: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def tracking_stack(folder: Path, workers: int = 2):
-    """Postgres, S3 and an `mlflow server` on both (artifacts proxied to s3://BUCKET/mlflow)."""
+def tracking_stack(folder: Path, workers: int = 2, s3_endpoint: str | None = None):
+    """Postgres, S3 (moto's, or the one at `s3_endpoint`) and an `mlflow server` on both, with its
+    artifacts proxied to s3://BUCKET/mlflow."""
     folder.mkdir(parents=True, exist_ok=True)
-    with postgres() as database, s3_server(folder) as endpoint:
+    with contextlib.ExitStack() as started:
+        database = started.enter_context(postgres())
+        endpoint = s3_endpoint or started.enter_context(s3_server(folder))
         port = free_port()
         env = {**os.environ, **s3_env(endpoint)}
         server = launch([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
                          "--backend-store-uri", database, "--artifacts-destination", f"s3://{BUCKET}/mlflow",
                          "--allowed-hosts", f"127.0.0.1,127.0.0.1:{port}", "--workers", str(workers)],
                         folder / "mlflow.log", env=env)
-        try:
-            url = f"http://127.0.0.1:{port}"
-            wait_until(lambda: answers(f"{url}/health"), server, folder / "mlflow.log", "mlflow server")
-            yield {"mlflow": url, "s3": endpoint, "database": database, "s3_env": s3_env(endpoint)}
-        finally:
-            stop(server)
+        started.callback(stop, server)
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: answers(f"{url}/health"), server, folder / "mlflow.log", "mlflow server")
+        yield {"mlflow": url, "s3": endpoint, "database": database, "s3_env": s3_env(endpoint)}
+
+
+@contextlib.contextmanager
+def stack_and_cluster(folder: Path, workers: int = 2, worker_cpus: int = 1, mlflow_workers: int = 2):
+    """S3 first (the nodes need its endpoint), then the tracking stack and the cluster side by side:
+    each start is mostly waiting, and together they take the longer of the two, not the sum."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with s3_server(folder) as endpoint, contextlib.ExitStack() as started:
+        managers = (tracking_stack(folder / "stack", mlflow_workers, endpoint),
+                    local_cluster(folder / "cluster", node_env(s3_env(endpoint)), workers, worker_cpus))
+        with ThreadPoolExecutor(len(managers)) as pool:
+            futures = [pool.submit(manager.__enter__) for manager in managers]
+        # Exit whatever did start, even when the other failed (ExitStack unwinds in reverse).
+        for manager, future in zip(managers, futures):
+            if future.exception() is None:
+                started.push(manager.__exit__)
+        for future in futures:
+            future.result()  # raises the first start-up failure, after the clean-up is arranged
+        yield futures[0].result(), futures[1].result()
 
 
 def node_env(extra: dict | None = None) -> dict:

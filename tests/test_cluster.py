@@ -18,7 +18,7 @@ import time
 
 import pandas as pd
 import pytest
-from cluster_stack import BUCKET, CLUSTER_SCRIPT, group_alive, local_cluster, node_env, s3_keys, tracking_stack
+from cluster_stack import BUCKET, CLUSTER_SCRIPT, group_alive, s3_keys, stack_and_cluster
 from test_sweep import TINY_BUDGETS
 
 from igmu.sweep.tracking import DEFAULTS_ROLE, NODES_TAG, PARENT_TAG, ROLE_TAG, TRIAL_TAG
@@ -27,12 +27,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 TRIALS = 4
 SWEEP_TIMEOUT_S = 480
-# The trial runs through its evaluations at steps 2, 4 and 6: after the first, its checkpoint is in
-# S3 and two evaluations remain, time enough to kill its node before it finishes.
-STEPS, EVAL_EVERY = 6, 2
+# A node-kill trial evaluates at steps 2, 4 and 6: after the first, its checkpoint is in S3 and two
+# evaluations remain, time enough to kill its node before it finishes. The driver-kill sweep needs
+# only a finished trial and unfinished ones: 4 steps. The final scorecard is on the small budget too
+# (no attack): these tests are about where trials run and what gets recorded, not the scores.
+STEPS, EVAL_EVERY, DRIVER_KILL_STEPS = 6, 2, 4
 
 
-def write_sweep(folder, name: str):
+def write_sweep(folder, name: str, steps: int = STEPS):
     path = folder / f"{name}.yaml"
     path.write_text(textwrap.dedent(f"""
         name: {name}
@@ -41,30 +43,34 @@ def write_sweep(folder, name: str):
         algorithm: esd
         params:
           lr: {{loguniform: [1.0e-4, 3.0e-2]}}
-          steps: {STEPS}
+          steps: {steps}
           ddim_steps: 4
           batch_size: 2
         search: {{sampler: tpe, num_samples: {TRIALS}, max_concurrent: 2, seed: 0}}
         objectives: {{forgetting: max, preservation: max}}
         early_stop: {{scheduler: none, eval_every: {EVAL_EVERY}}}
         resources: {{cpu: 1}}
-        eval: {{defaults: false, held_out: none}}
+        eval: {{interim: small, final: small, defaults: false, held_out: none}}
     """))
     return path
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    with tracking_stack(tmp_path_factory.mktemp("stack")) as servers:
-        yield servers
+def stack_cluster(tmp_path_factory):
+    """One stack and one cluster for the module: the driver-kill test leaves the cluster whole, the
+    node-kill sweep (last) takes a worker away."""
+    with stack_and_cluster(tmp_path_factory.mktemp("stack")) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")
-def cluster(stack, tmp_path_factory):
-    """One cluster for the module: the driver-kill test leaves it whole, the node-kill sweep (last)
-    takes a worker away."""
-    with local_cluster(tmp_path_factory.mktemp("cluster"), node_env(stack["s3_env"])) as running:
-        yield running
+def stack(stack_cluster):
+    return stack_cluster[0]
+
+
+@pytest.fixture(scope="module")
+def cluster(stack_cluster):
+    return stack_cluster[1]
 
 
 def sweep_command(sweep_file, cluster, stack, resume: bool = False) -> list[str]:
@@ -123,19 +129,29 @@ def test_killing_the_driver_and_resuming_finishes_every_trial_once(stack, cluste
     from mlflow.tracking import MlflowClient
 
     name, results = "driver-kill", tmp_path / "results"
-    sweep, env, log = write_sweep(tmp_path, name), driver_env(cluster, results), tmp_path / "driver.log"
+    sweep, env, log = write_sweep(tmp_path, name, DRIVER_KILL_STEPS), driver_env(cluster, results), tmp_path / "log"
     driver = run_driver(sweep_command(sweep, cluster, stack), env, log)
-    trials_dir = results / name / "trials"
+    client = MlflowClient(stack["mlflow"])
+
+    def finished_runs():  # trials whose completion the driver has recorded in MLflow
+        experiment = client.get_experiment_by_name(name)
+        runs = client.search_runs([experiment.experiment_id], "tags.status = 'finished'") if experiment else []
+        return {run.data.tags[TRIAL_TAG]: run.info.run_id for run in runs}
+
     try:
-        wait_for(lambda: list(trials_dir.glob("*/scorecard.json")), driver, log, "finished trial")
+        wait_for(finished_runs, driver, log, "finished trial")
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and all it started, mid-sweep
         driver.wait()
     assert not (results / name / "results.parquet").exists(), "the sweep finished before the driver was killed"
+    finished = finished_runs()
     resumed = subprocess.run(sweep_command(sweep, cluster, stack, resume=True), env=env, capture_output=True,
                              text=True, timeout=SWEEP_TIMEOUT_S)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
-    table, _ = assert_exactly_once(MlflowClient(stack["mlflow"]), name, results)
+    table, _ = assert_exactly_once(client, name, results)
+    # No finished trial is lost: each keeps its run, and its row says finished.
+    rows = table.set_index("trial_id")
+    assert {trial: rows.mlflow_run_id[trial] for trial in finished} == finished
     workers = {node["node_id"] for label, node in cluster["nodes"].items() if label != "head"}
     assert set(table.node) <= workers and table.node.notna().all()
     assert s3_keys(stack["s3"], f"tune/{name}/tune/"), "Tune kept nothing in S3"

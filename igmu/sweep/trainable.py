@@ -93,6 +93,12 @@ def run_trial(config: dict) -> None:
             write_weights(trial_dir / WEIGHTS_DIR, unlearner, original, settings)
         _report(metrics, unlearner, time.time() - started)
 
+    if unlearner.step_index >= unlearner.total_steps:
+        # Restored from its final checkpoint: the driver died after the final report was checkpointed
+        # but before Tune recorded the trial as done. No step is left to run, so report the final
+        # scorecard again (deterministic), or the trial would end with no final result at all.
+        on_step(unlearner.step_index, {})
+        return
     run_unlearning(unlearner, on_step=on_step, prepared=True)
 
 
