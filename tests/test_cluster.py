@@ -25,7 +25,7 @@ from igmu.sweep.tracking import DEFAULTS_ROLE, NODES_TAG, PARENT_TAG, ROLE_TAG, 
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
-TRIALS = 4
+TRIALS = 3
 SWEEP_TIMEOUT_S = 480
 # A node-kill trial evaluates at steps 2, 4 and 6: after the first, its checkpoint is in S3 and two
 # evaluations remain, time enough to kill its node before it finishes. The driver-kill sweep needs
@@ -123,6 +123,20 @@ def wait_for(condition, driver, log, what: str, timeout_s: float = SWEEP_TIMEOUT
             raise AssertionError(f"the sweep ended before {what}:\n{log.read_text()[-4000:]}")
         time.sleep(0.5)
     raise AssertionError(f"no {what} within {timeout_s} s:\n{log.read_text()[-4000:]}")
+
+
+def test_a_gpu_request_the_cluster_cannot_meet_is_one_line(stack, cluster, tmp_path):
+    """Its workers stand in for GPU nodes, but have no GPU: joining the cluster must print nothing
+    before the refusal."""
+    from cluster_stack import REPO
+
+    results = tmp_path / "results"
+    refused = subprocess.run([sys.executable, "-m", "igmu.cli", "sweep", str(REPO / "sweeps" / "salun-gpu.yaml"),
+                              "--address", cluster["address"], "--tracking-uri", stack["mlflow"]],
+                             env=driver_env(cluster, results), capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.count("\n") == 1 and "resources.gpu" in refused.stderr, refused.stderr
+    assert not results.exists()
 
 
 def test_killing_the_driver_and_resuming_finishes_every_trial_once(stack, cluster, tmp_path):
