@@ -27,7 +27,8 @@ test: $(BIN)/igmu
 test-fast: $(BIN)/igmu
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# Only the tests that start real servers (a Ray head with its Jobs API, an MLflow server); `make test` runs them too.
+# Only the tests that start real servers (a Ray head with its Jobs API, a multi-node Ray cluster, an MLflow
+# server on PostgreSQL and S3); `make test` runs them too.
 test-integration: $(BIN)/igmu
 	$(BIN)/python -m pytest -q -m integration
 

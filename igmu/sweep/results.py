@@ -59,7 +59,9 @@ SPLIT_PREFIXES = {"validation": "val_", "test": "test_"}
 VAL_PREFIX, TEST_PREFIX = SPLIT_PREFIXES["validation"], SPLIT_PREFIXES["test"]
 # Columns every row has, in order; each hyperparameter adds a PARAM_PREFIX column after `algorithm`.
 COLUMNS = ("trial_id", "algorithm", "status", "early_stopped", "steps", *(VAL_PREFIX + a for a in ASPECTS),
-           *(TEST_PREFIX + a for a in ASPECTS), HMEAN, EFFICIENCY_OBJECTIVE, "trial_seconds", "mlflow_run_id")
+           *(TEST_PREFIX + a for a in ASPECTS), HMEAN, EFFICIENCY_OBJECTIVE, "trial_seconds", "node", "mlflow_run_id")
+# The column (and MLflow run tag) naming the Ray node a trial last ran on: a retried trial may move.
+NODE = "node"
 DEFAULTS_FILE = "defaults.parquet"
 REQUIRED_COLUMNS = ("trial_id", "status")
 # The tag on a sweep's MLflow parent run that names the sweep (and so its folder under the results root).
@@ -82,7 +84,8 @@ KEEP_TOP = 3
 RUN_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 
 
-def trial_row(trial_id, algorithm: str, params: Mapping, status: str, metrics: Mapping, run_id: str | None) -> dict:
+def trial_row(trial_id, algorithm: str, params: Mapping, status: str, metrics: Mapping, run_id: str | None,
+              node: str | None = None) -> dict:
     """One row of the table from a trial's last reported metrics. Aspect scores count only from the
     final scorecard: an early-stopped trial's were measured on the interim budget."""
     if status not in STATUSES:
@@ -96,7 +99,7 @@ def trial_row(trial_id, algorithm: str, params: Mapping, status: str, metrics: M
             **{TEST_PREFIX + aspect: math.nan for aspect in ASPECTS},
             HMEAN: metrics.get(HMEAN, math.nan),
             EFFICIENCY_OBJECTIVE: metrics.get(EFFICIENCY_OBJECTIVE, math.nan),
-            "trial_seconds": metrics.get("time_total_s", math.nan),
+            "trial_seconds": metrics.get("time_total_s", math.nan), NODE: node,
             "mlflow_run_id": run_id}
 
 

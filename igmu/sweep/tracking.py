@@ -22,6 +22,7 @@ from igmu.provenance import environment_tags
 from igmu.sweep.results import (
     EARLY_STOPPED,
     HMEAN,
+    NODE,
     SWEEP_TAG,
     TEST_PREFIX,
     VAL_PREFIX,
@@ -42,6 +43,8 @@ ROLE_TAG, DEFAULTS_ROLE = "igmu.role", "defaults"
 WEIGHTS_TAG = "igmu.weights"
 WEIGHTS_LOGGED, WEIGHTS_NOT_KEPT = "logged", "not-kept"
 WEIGHTS_BYTES = "weights_bytes"
+# On each trial run: every Ray node the trial ran on, in order, comma-separated (`node` is the last).
+NODES_TAG = "igmu.nodes"
 # On the parent run: the retention policy, and how many trials it kept with how many bytes.
 KEEP_WEIGHTS_TAG = "igmu.keep_weights"
 WEIGHTS_KEPT, WEIGHTS_KEPT_BYTES = "weights_kept", "weights_kept_bytes"
@@ -90,6 +93,7 @@ class MlflowTracker(Callback):
         self.datasets = datasets or []
         self.run_ids: dict[str, str] = {}
         self.described: set[str] = set()  # trials whose run carries its worker's environment tags
+        self.nodes: dict[str, list[str]] = {}  # trial id -> the nodes it ran on, as its run records them
 
     # --- Tune callback hooks -------------------------------------------------------------
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -123,6 +127,8 @@ class MlflowTracker(Callback):
         if existing:
             run_id = existing[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
+            recorded = existing[0].data.tags.get(NODES_TAG)  # a resumed driver continues the run's node history
+            self.nodes[trial.trial_id] = recorded.split(",") if recorded else []
         else:
             from igmu.models.loader import kind_named
             from igmu.run import resolved_params
@@ -148,10 +154,21 @@ class MlflowTracker(Callback):
             self.client.log_batch(run_id, metrics=metrics[start:start + MAX_METRICS_PER_BATCH])
 
     def _describe(self, trial, run_id: str, environment: Mapping | None) -> None:
-        """Tag the run with the code and machine record of the worker that ran the trial, once."""
-        if environment and trial.trial_id not in self.described:
-            _set_tags(self.client, run_id, {str(k): str(v) for k, v in environment.items()})
-            self.described.add(trial.trial_id)
+        """Tag the run with the code and machine record of the worker that ran the trial: once, and
+        again whenever the trial reports from another node (Tune retried it elsewhere)."""
+        if not environment:
+            return
+        node = environment.get(NODE)
+        seen = self.nodes.setdefault(trial.trial_id, [])
+        moved = bool(node) and (not seen or seen[-1] != node)
+        if trial.trial_id in self.described and not moved:
+            return
+        tags = {str(k): str(v) for k, v in environment.items()}
+        if moved:
+            seen.append(node)
+            tags[NODES_TAG] = ",".join(seen)
+        _set_tags(self.client, run_id, tags)
+        self.described.add(trial.trial_id)
 
     def _close(self, trial, status: str, early_stopped: bool) -> None:
         run_id = self._run_for(trial)

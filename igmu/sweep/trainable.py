@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from igmu.metrics.context import Budget, EvalSettings, context_for
 from igmu.metrics.scorecard import build_context, scorecard
 from igmu.provenance import environment_tags
 from igmu.run import build_unlearner, changed_since, load_model_for, module_states, peak_memory_mb
-from igmu.sweep.results import CHANGED_FILE, HMEAN, WEIGHTS_DIR, WEIGHTS_MANIFEST
+from igmu.sweep.results import CHANGED_FILE, HMEAN, NODE, WEIGHTS_DIR, WEIGHTS_MANIFEST
 from igmu.sweep.space import trial_params
 
 SETTINGS_KEY = "igmu"
@@ -82,7 +83,8 @@ def run_trial(config: dict) -> None:
         generator.train_mode(False)
         card, ctx = evaluate(settings["final_budget"] if last else settings["interim_budget"])
         generator.train_mode(True)
-        metrics = {**_metrics(card, step, last), **loss_entries(pending), ENVIRONMENT: environment_tags()}
+        metrics = {**_metrics(card, step, last), **loss_entries(pending),
+                   ENVIRONMENT: {**environment_tags(), **node_record()}}
         pending.clear()
         for objective in settings["objectives"]:  # searchers need every objective in every report
             metrics.setdefault(objective, math.nan)
@@ -91,7 +93,22 @@ def run_trial(config: dict) -> None:
             write_weights(trial_dir / WEIGHTS_DIR, unlearner, original, settings)
         _report(metrics, unlearner, time.time() - started)
 
+    if unlearner.step_index >= unlearner.total_steps:
+        # Restored from its final checkpoint: the driver died after the final report was checkpointed
+        # but before Tune recorded the trial as done. No step is left to run, so report the final
+        # scorecard again (deterministic), or the trial would end with no final result at all.
+        on_step(unlearner.step_index, {})
+        return
     run_unlearning(unlearner, on_step=on_step, prepared=True)
+
+
+def node_record() -> dict[str, str]:
+    """The Ray node running this report: its id (unique per `ray start`, so it tells apart nodes that
+    share a machine), IP and host name. Sent with every report, since a retried trial may move."""
+    import ray
+
+    return {NODE: ray.get_runtime_context().get_node_id(), f"{NODE}.ip": ray.util.get_node_ip_address(),
+            f"{NODE}.hostname": socket.gethostname()}
 
 
 def trial_budget(settings: dict, budget: str) -> Budget | str:
