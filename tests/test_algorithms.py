@@ -25,7 +25,7 @@ SD_ALGORITHMS = sorted(name for name, cls in ALGORITHMS.items() if StableDiffusi
 
 # Small enough for CI: few training images, tiny batches.
 TINY = {"steps": 2, "batch_size": 2, "forget_images": 4, "retain_images": 4, "anchor_images": 4,
-        "preserve_prompts": 10, "ddim_steps": 4}
+        "preserve_prompts": 10, "ddim_steps": 4, "epochs": 2}
 
 
 def tiny_overrides(name: str, **extra) -> dict:
@@ -584,3 +584,38 @@ def test_a_celebrity_target_runs_on_stable_diffusion(tiny_sd_dir):
     esd = build_unlearner("esd", sd, "Brad Pitt", tiny_overrides("esd", steps=1), category="celebrity", anchor="a man")
     assert esd.task.category == "celebrity" and esd.params.train_method == "xattn"
     assert len(run_unlearning(esd)) == 1
+
+
+# --- wave 2: RECE, ConceptPrune, FMN, MACE -----------------------------------------------------------
+
+def test_rece_derived_embedding_satisfies_its_normal_equations_and_reproduces_the_outputs():
+    from igmu.algorithms.rece import derive_embedding
+
+    torch.manual_seed(0)
+    edited = [torch.randn(6, 5, dtype=torch.float64) for _ in range(3)]
+    original = [torch.randn(6, 5, dtype=torch.float64) for _ in range(3)]
+    concept, gamma = torch.randn(4, 5, dtype=torch.float64), 0.3
+    derived = derive_embedding(edited, original, concept, gamma)
+    # (gamma I + sum W'^T W') c'^T = (sum W'^T W) c^T
+    lhs = (gamma * torch.eye(5, dtype=torch.float64) + sum(w.T @ w for w in edited)) @ derived.T
+    rhs = sum(w.T @ o for w, o in zip(edited, original)) @ concept.T
+    assert torch.allclose(lhs, rhs, atol=1e-8)
+    # Without the ridge and with one invertible edited layer, c' regenerates the original output exactly.
+    square_edited, square_original = torch.randn(5, 5, dtype=torch.float64), torch.randn(5, 5, dtype=torch.float64)
+    exact = derive_embedding([square_edited], [square_original], concept, 1e-12)
+    assert torch.allclose(exact @ square_edited.T, concept @ square_original.T, atol=1e-6)
+
+
+def test_rece_starts_from_uce_and_edits_only_cross_attention_keys_and_values(world):
+    rece = build_unlearner("rece", world, "ball", tiny_overrides("rece", epochs=2), seed=0)
+    before = snapshot(world.unet)
+    rece.prepare()
+    after_uce = snapshot(world.unet)
+    uce = build_unlearner("uce", load("world", device="cpu"), "ball", tiny_overrides("uce"), seed=0)
+    run_unlearning(uce)
+    assert all(torch.equal(after_uce[k], v) for k, v in uce.generator.unet.state_dict().items())
+    run_unlearning(rece, prepared=True)
+    changed = [k for k, v in world.unet.state_dict().items() if not torch.equal(before[k], v)]
+    moved_by_rece = [k for k, v in world.unet.state_dict().items() if not torch.equal(after_uce[k], v)]
+    assert moved_by_rece and set(moved_by_rece) <= set(changed)
+    assert all(("attn2.to_k" in k or "attn2.to_v" in k) for k in changed)
