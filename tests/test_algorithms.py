@@ -25,7 +25,7 @@ SD_ALGORITHMS = sorted(name for name, cls in ALGORITHMS.items() if StableDiffusi
 
 # Small enough for CI: few training images, tiny batches.
 TINY = {"steps": 2, "batch_size": 2, "forget_images": 4, "retain_images": 4, "anchor_images": 4,
-        "preserve_prompts": 10, "ddim_steps": 4, "epochs": 2}
+        "preserve_prompts": 10, "ddim_steps": 4, "epochs": 2, "sampler_steps": 4, "prompts": 4}
 
 
 def tiny_overrides(name: str, **extra) -> dict:
@@ -619,3 +619,34 @@ def test_rece_starts_from_uce_and_edits_only_cross_attention_keys_and_values(wor
     moved_by_rece = [k for k, v in world.unet.state_dict().items() if not torch.equal(after_uce[k], v)]
     assert moved_by_rece and set(moved_by_rece) <= set(changed)
     assert all(("attn2.to_k" in k or "attn2.to_v" in k) for k in changed)
+
+
+def test_concept_prune_skilled_weights_are_the_row_top_of_the_target_score_that_beat_the_base():
+    from igmu.algorithms.concept_prune import skilled_mask, union_over_time
+
+    weight = torch.tensor([[1.0, -2.0, 3.0, 0.5], [4.0, 1.0, -1.0, 2.0]])
+    target, base = torch.tensor([1.0, 1.0, 0.1, 4.0]), torch.tensor([2.0, 0.5, 0.1, 1.0])
+    # |W| * ||X_target|| = [[1, 2, 0.3, 2], [4, 1, 0.1, 8]]; top half of each row: {1, 3} and {0, 3}
+    # (row 0 ties 2 = 2 at columns 1 and 3); beating |W| * ||X_base|| = [[2, 1, 0.3, .5], [8, .5, .1, 2]]
+    mask = skilled_mask(weight, target, base, 0.5)
+    assert mask.tolist() == [[False, True, False, True], [False, False, False, True]]
+    steps = [torch.tensor([True, False, False]), torch.tensor([True, True, False])]
+    assert union_over_time(steps, 0.0).tolist() == [True, True, False]
+    assert union_over_time(steps, 0.5).tolist() == [True, False, False]
+
+
+def test_concept_prune_zeroes_exactly_the_selected_weights(world):
+    from igmu.algorithms.concept_prune import skilled_mask, union_over_time
+
+    cp = build_unlearner("concept-prune", world, "ball", tiny_overrides("concept-prune", timesteps=2), seed=0)
+    before = snapshot(world.unet)
+    run_unlearning(cp)
+    after = world.unet.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.endswith("ff.net.2.weight") for k in changed)
+    for name, mask in cp.pruned.items():
+        old, new = before[f"{name}.weight"], after[f"{name}.weight"]
+        expected = union_over_time([skilled_mask(old, cp.target_norms.norms(t, name), cp.base_norms.norms(t, name),
+                                                 cp.params.skill_ratio) for t in range(2)], 0.0)
+        assert torch.equal(mask, expected) and mask.any()
+        assert torch.all(new[mask] == 0) and torch.equal(new[~mask], old[~mask])
