@@ -650,3 +650,47 @@ def test_concept_prune_zeroes_exactly_the_selected_weights(world):
                                                  cp.params.skill_ratio) for t in range(2)], 0.0)
         assert torch.equal(mask, expected) and mask.any()
         assert torch.all(new[mask] == 0) and torch.equal(new[~mask], old[~mask])
+
+
+def test_fmn_loss_is_the_norm_of_the_attention_on_the_concept_tokens_computed_directly(world):
+    fmn = build_unlearner("fmn", world, "hazard", tiny_overrides("fmn"), seed=0)
+    fmn.prepare()
+    batch = fmn.draw()
+    layers = {n: m for n, m in world.unet.named_modules() if n.endswith("attn2")}
+    seen, handles = {}, []
+
+    def keep(name, part):
+        def hook(module, args, output):
+            seen.setdefault(name, {})[part] = output.detach()
+        return hook
+
+    for name, module in layers.items():
+        handles += [module.to_q.register_forward_hook(keep(name, "q")), module.to_k.register_forward_hook(keep(name, "k"))]
+    emb = world.encode_prompt(batch["prompts"])
+    with torch.no_grad():
+        plain = world.unet(batch["x_t"], batch["t"], encoder_hidden_states=emb).sample
+    for handle in handles:
+        handle.remove()
+    # The concept's columns: the word "hazard" and the first end-of-text token of each prompt.
+    ids = world.tokenize(batch["prompts"]).tolist()
+    hazard = world.tokenizer("hazard", add_special_tokens=False).input_ids[0]
+    columns = [[i for i, tok in enumerate(row) if tok == hazard] + [row.index(world.tokenizer.eos_token_id)]
+               for row in ids]
+    assert all(len(c) == 2 for c in columns)
+    total = torch.tensor(0.0)
+    for name, module in layers.items():
+        q, k = seen[name]["q"], seen[name]["k"]
+        heads = module.heads
+        q = q.view(q.shape[0], q.shape[1], heads, -1).transpose(1, 2)
+        k = k.view(k.shape[0], k.shape[1], heads, -1).transpose(1, 2)
+        probs = torch.softmax(q @ k.transpose(-1, -2) * module.scale, dim=-1)
+        for b, cols in enumerate(columns):
+            total = total + probs[b][:, :, cols].pow(2).sum()
+    assert torch.allclose(fmn.loss(batch).detach(), total.sqrt(), rtol=1e-4)
+    # The capturing processor computes the same attention as diffusers' own.
+    from igmu.algorithms.hooks import capture_cross_attention
+
+    with torch.no_grad(), capture_cross_attention(world.unet) as maps:
+        captured = world.unet(batch["x_t"], batch["t"], encoder_hidden_states=emb).sample
+    assert torch.allclose(captured, plain, atol=1e-5) and len(maps.all()) == len(layers)
+    assert all(type(m.processor).__name__ != "CapturingAttnProcessor" for m in layers.values())
