@@ -694,3 +694,57 @@ def test_fmn_loss_is_the_norm_of_the_attention_on_the_concept_tokens_computed_di
         captured = world.unet(batch["x_t"], batch["t"], encoder_hidden_states=emb).sample
     assert torch.allclose(captured, plain, atol=1e-5) and len(maps.all()) == len(layers)
     assert all(type(m.processor).__name__ != "CapturingAttnProcessor" for m in layers.values())
+
+
+def test_mace_fused_weights_satisfy_their_normal_equations():
+    from igmu.algorithms.mace import fuse_solve
+
+    torch.manual_seed(0)
+    w0, c_p = torch.randn(6, 5, dtype=torch.float64), torch.randn(7, 5, dtype=torch.float64)
+    loras = [w0 + torch.randn(6, 1, dtype=torch.float64) @ torch.randn(1, 5, dtype=torch.float64) for _ in range(2)]
+    contexts = [torch.randn(4, 5, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)]
+    lamb, s_p = 0.4, 0.2
+    fused = fuse_solve(w0, loras, contexts, c_p, s_p, lamb)
+    # The gradient of lamb ||W - W0||^2 + sum_i ||(W - W_i) C_i^T||^2 + s_p ||(W - W0) C_p^T||^2 vanishes:
+    gradient = lamb * (fused - w0) + s_p * (fused - w0) @ c_p.T @ c_p
+    gradient = gradient + sum((fused - w_i) @ c_i.T @ c_i for w_i, c_i in zip(loras, contexts))
+    assert torch.allclose(gradient, torch.zeros_like(gradient), atol=1e-9)
+
+
+def test_mace_co_occurring_rows_skip_the_concept_words_and_pair_the_rest():
+    from igmu.algorithms.mace import co_occurring_rows
+
+    # BOS a ember ball EOS  vs  BOS a ember box EOS -> everything but position 3, then padding to 8.
+    old, new = co_occurring_rows([1, 4, 41, 9, 2], [1, 4, 41, 7, 2], 8)
+    assert old == [0, 1, 2, 4, 5, 6, 7] and new == old
+    # A deleted phrase: BOS a ember ball with hazard EOS vs BOS a ember ball EOS.
+    old, new = co_occurring_rows([1, 4, 41, 9, 5, 53, 2], [1, 4, 41, 9, 2], 8)
+    assert old == [0, 1, 2, 3, 6, 7] and new == [0, 1, 2, 3, 4, 5]
+
+
+def test_mace_loss_is_the_masked_attention_on_the_concept_and_only_keys_and_values_change(world):
+    from igmu.algorithms.hooks import capture_cross_attention
+
+    mace = build_unlearner("mace", world, "ball", tiny_overrides("mace"), seed=0)
+    before = snapshot(world.unet)
+    mace.prepare()
+    batch = mace.draw()
+    assert 0 < float(batch["masks"].mean()) < 1
+    with capture_cross_attention(world.unet) as maps:
+        world.unet(batch["x_t"], batch["t"], encoder_hidden_states=world.encode_prompt(batch["prompts"]))
+    ball = world.tokenizer("ball", add_special_tokens=False).input_ids[0]
+    ids = world.tokenize(batch["prompts"]).tolist()
+    expected = torch.tensor(0.0)
+    for probs in maps.all():
+        side = int(probs.shape[2] ** 0.5)
+        inside = torch.nn.functional.interpolate(batch["masks"], size=(side, side), mode="nearest").flatten(1) > 0.5
+        layer = torch.tensor(0.0)
+        for b, row in enumerate(ids):
+            cols = [i for i, tok in enumerate(row) if tok == ball] + [row.index(world.tokenizer.eos_token_id)]
+            layer = layer + probs[b][:, inside[b]][:, :, cols].detach().pow(2).sum()
+        expected = expected + layer.sqrt()
+    assert torch.allclose(mace.loss(batch).detach(), expected, rtol=1e-4)
+    run_unlearning(mace, prepared=True)
+    changed = [k for k, v in world.unet.state_dict().items() if not torch.equal(before[k], v)]
+    assert changed and all(("attn2.to_k" in k or "attn2.to_v" in k) for k in changed)
+    assert not mace.lora and all(not m._forward_hooks for n, m in world.unet.named_modules() if n.endswith("to_k"))

@@ -174,3 +174,31 @@ def record_ffn_inputs(unet: torch.nn.Module, steps: int) -> Iterator[InputNorms]
     finally:
         for handle in handles:
             handle.remove()
+
+
+# --- LoRA adapters -----------------------------------------------------------------------------
+
+class LoRA(torch.nn.Module):
+    """A rank-r update W + up @ down of one linear layer, added to its output by a forward hook
+    (diffusers' LoRALinearLayer init: down ~ N(0, 1/r), up = 0, so training starts at W)."""
+
+    def __init__(self, layer: torch.nn.Linear, rank: int, generator: torch.Generator):
+        super().__init__()
+        down = torch.randn(rank, layer.in_features, generator=generator) / rank
+        self.down = torch.nn.Parameter(down.to(layer.weight))
+        self.up = torch.nn.Parameter(torch.zeros(layer.out_features, rank).to(layer.weight))
+        self.handle = layer.register_forward_hook(self.add_update)
+
+    def add_update(self, layer, args, output):
+        return output + args[0] @ self.down.T @ self.up.T
+
+    def delta(self) -> torch.Tensor:
+        """The weight update up @ down [out, in]."""
+        return self.up @ self.down
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+
+def attach_lora(layers: dict[str, torch.nn.Linear], rank: int, generator: torch.Generator) -> dict[str, LoRA]:
+    return {name: LoRA(layer, rank, generator) for name, layer in layers.items()}

@@ -91,7 +91,8 @@ class RECE(Unlearner):
     def step(self) -> dict[str, float]:
         p = self.params
         layers = self.uce.edited_layers()
-        edited = [layer.weight.detach().float().cpu() for layer in layers.values()]
+        # Copies: on a float32 CPU model .float().cpu() returns the weight itself, overwritten below.
+        edited = [layer.weight.detach().float().cpu().clone() for layer in layers.values()]
         original = [self.original[name] for name in layers]
         # 1. derive the embeddings that regenerate each concept under the current weights (Eq. 8)
         derived = torch.cat([derive_embedding(edited, original, c, p.regular_scale) for c in self.concepts])
