@@ -748,3 +748,22 @@ def test_mace_loss_is_the_masked_attention_on_the_concept_and_only_keys_and_valu
     changed = [k for k, v in world.unet.state_dict().items() if not torch.equal(before[k], v)]
     assert changed and all(("attn2.to_k" in k or "attn2.to_v" in k) for k in changed)
     assert not mace.lora and all(not m._forward_hooks for n, m in world.unet.named_modules() if n.endswith("to_k"))
+
+
+def test_ffn_input_norms_are_wanda_norms_per_sampler_step(world):
+    from igmu.algorithms.hooks import ffn_output_layers, record_ffn_inputs
+
+    name, layer = next(iter(ffn_output_layers(world.unet).items()))
+    seen = []
+    handle = layer.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    emb = world.encode_prompt(["a ember ball", "a ocean box"])
+    calls = [torch.randn(2, *world.latent_shape) for _ in range(3)]
+    with torch.no_grad(), record_ffn_inputs(world.unet, steps=2) as norms:
+        for x in calls:
+            world.unet(x, torch.tensor([500, 500]), encoder_hidden_states=emb)
+    handle.remove()
+    # Calls 0 and 2 are sampler step 0, call 1 is step 1: ||X_j|| of the mean squared token row.
+    step0 = torch.cat([seen[0], seen[2]]).reshape(-1, seen[0].shape[-1])
+    assert torch.allclose(norms.norms(0, name), step0.pow(2).mean(0).sqrt(), rtol=1e-5)
+    assert torch.allclose(norms.norms(1, name), seen[1].reshape(-1, seen[1].shape[-1]).pow(2).mean(0).sqrt(), rtol=1e-5)
+    assert not layer._forward_pre_hooks
