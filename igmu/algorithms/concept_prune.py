@@ -23,7 +23,9 @@ class ConceptPruneParams:
     prompts with base prompts that differ only by the concept.
 
     World defaults: the world's own sampler (10 DDIM steps at guidance 2.0), tau 10 (every step),
-    skill_ratio 0.01, 48 prompt pairs. On Stable Diffusion `ConceptPrune.official_defaults` apply
+    the official skill_ratio 0.01, 48 prompt pairs. A larger ratio forgets more but prunes what
+    other concepts need too (ball, small budget, forgetting / preservation: 0.02 0.458 / 0.653,
+    0.03 0.667 / 0.622, 0.05 0.917 / 0.542, 0.1 0.917 / 0.453). On Stable Diffusion `ConceptPrune.official_defaults` apply
     (configs/wanda_config.yaml, wanda/*.py): skill_ratio 0.01 (0.02 for some objects), the pipeline's
     50 steps at guidance 7.5, select_ratio 0 (a plain union), tau 10. The release's union script takes
     tau from the command line with no default; 10 is igmu's reading of the paper, not verified."""
