@@ -461,6 +461,11 @@ WORLD_DEFAULTS = {
     ("salun", "style"): {"lr": 3e-5, "steps": 150, "alpha": 1.0, "threshold": 0.5},
     ("erasediff", "object"): {"lr": 3e-5, "steps": 150, "lambda_mode": "fixed", "lambda_bome": 1.0},
     ("uce", "object"): {"guide": "pseudo", "preserve_scale": 0.3, "lamb": 0.1, "token_rows": "all"},
+    ("rece", "object"): {"guide": "pseudo", "epochs": 3, "regular_scale": 0.1, "token_rows": "all",
+                         "concept_prompts": 1000},
+    ("concept-prune", "object"): {"skill_ratio": 0.01, "timesteps": 10, "sampler_steps": 10, "guidance": 2.0},
+    ("fmn", "object"): {"lr": 1e-5, "steps": 50, "train_method": "full", "include_eos": True},
+    ("mace", "object"): {"lr": 1e-3, "lamb": 1.0, "masks": "render", "guide": "pseudo", "importance_sampling": False},
 }
 OFFICIAL_SD = {
     ("esd", "object"): {"lr": 1e-5, "steps": 1000, "batch_size": 1, "negative_guidance": 1.0, "start_guidance": 3.0,
@@ -479,6 +484,12 @@ OFFICIAL_SD = {
                               "train_method": "full"},
     ("erasediff", "sensitive"): {"train_method": "noxattn"},
     ("uce", "style"): {"erase_scale": 1.0, "preserve_scale": 1.0, "lamb": 0.5, "guide": "anchor", "token_rows": "last"},
+    ("rece", "style"): {"erase_scale": 1.0, "preserve_scale": 0.1, "lamb": 0.1, "regular_scale": 0.1, "epochs": 3,
+                        "concept_prompts": 1, "token_rows": "last"},
+    ("concept-prune", "object"): {"skill_ratio": 0.01, "sampler_steps": 50, "guidance": 7.5, "select_ratio": 0.0},
+    ("fmn", "object"): {"lr": 2e-6, "steps": 35, "batch_size": 1, "train_method": "full", "include_eos": True},
+    ("mace", "object"): {"lr": 1e-5, "steps": 50, "batch_size": 1, "rank": 1, "lamb": 1e3, "masks": "attention",
+                         "importance_sampling": True, "guide": "anchor"},
 }
 
 
