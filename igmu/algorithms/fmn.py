@@ -24,7 +24,10 @@ class FMNParams(CommonParams):
     preservation term, and on the world no rate both forgets and preserves (ball, small budget,
     forgetting / preservation: full UNet lr 1e-4 1.000 / 0.240, 1e-5 0.667 / 0.592, 1e-5 x 35 steps
     0.417 / 0.701, 5e-6 0.250 / 0.773; cross-attention only 1e-4 0.042 / 0.880, 3e-4 0.333 / 0.566,
-    1e-3 1.000 / 0.227; without the EOS token at 1e-5 0.458 / 0.660); 1e-5 has the best balance. On Stable Diffusion
+    1e-3 1.000 / 0.227; without the EOS token at 1e-5 0.458 / 0.660); 1e-5 has the best balance.
+    The small hazard badge is not forgotten at 1e-5 (full budget 0.000 / 0.846), and faster rates
+    cost half the preservation (small budget: 3e-5 0.292 / 0.507, 1e-4 1.000 / 0.502), so no
+    category default is set. On Stable Diffusion
     `FMN.official_defaults` apply (configs/attn.yaml): AdamW lr 2e-6 (weight decay 1e-2, betas 0.9 /
     0.999), 35 steps, batch 1, the full UNet (`only_optimize_ca: false`), gradient clipped to norm 1,
     `use_pooler` (the end-of-text token counts as a concept token), 10 images. The official first
