@@ -51,9 +51,18 @@ NATURAL_DIRECTIONS: dict[str, str] = {**{aspect: "max" for aspect in ASPECTS}, E
 DEFAULT_OBJECTIVES = {"forgetting": "max", "preservation": "max"}
 
 PARAM_PREFIX = "param_"
+
+
+def interval_keys(aspect: str) -> tuple[str, str]:
+    """The report keys and table columns of an aspect's 95% interval: (low end, high end)."""
+    return f"{aspect}_ci_low", f"{aspect}_ci_high"
+
+
+INTERVAL_COLUMNS = tuple(key for aspect in ASPECTS for key in interval_keys(aspect))
 # Columns every row has, in order; each hyperparameter adds a PARAM_PREFIX column after `algorithm`.
-COLUMNS = ("trial_id", "algorithm", "status", "early_stopped", "steps", *ASPECTS, HMEAN, EFFICIENCY_OBJECTIVE,
-           "trial_seconds", "mlflow_run_id")
+# Tables written before intervals existed lack INTERVAL_COLUMNS; readers must not require them.
+COLUMNS = ("trial_id", "algorithm", "status", "early_stopped", "steps", *ASPECTS, *INTERVAL_COLUMNS, HMEAN,
+           EFFICIENCY_OBJECTIVE, "trial_seconds", "mlflow_run_id")
 REQUIRED_COLUMNS = ("trial_id", "status")
 # The tag on a sweep's MLflow parent run that names the sweep (and so its folder under the results root).
 SWEEP_TAG = "igmu.sweep"
@@ -76,8 +85,9 @@ RUN_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 
 
 def trial_row(trial_id, algorithm: str, params: Mapping, status: str, metrics: Mapping, run_id: str | None) -> dict:
-    """One row of the table from a trial's last reported metrics. Aspect scores count only from the
-    final scorecard: an early-stopped trial's were measured on the interim budget."""
+    """One row of the table from a trial's last reported metrics. Aspect scores and their intervals
+    count only from the final scorecard: an early-stopped trial's were measured on the interim budget.
+    An aspect without an interval (not measured, or no honest one) has NaN ends."""
     if status not in STATUSES:
         raise ValueError(f"unknown trial status {status!r}; valid: {', '.join(STATUSES)}")
     final = status == FINISHED
@@ -85,6 +95,7 @@ def trial_row(trial_id, algorithm: str, params: Mapping, status: str, metrics: M
             **{f"{PARAM_PREFIX}{k}": (str(v) if isinstance(v, str) else v) for k, v in params.items()},
             "status": status, "early_stopped": status == EARLY_STOPPED, "steps": metrics.get("step"),
             **{aspect: (float(metrics[aspect]) if final and aspect in metrics else math.nan) for aspect in ASPECTS},
+            **{key: (float(metrics[key]) if final and key in metrics else math.nan) for key in INTERVAL_COLUMNS},
             HMEAN: metrics.get(HMEAN, math.nan),
             EFFICIENCY_OBJECTIVE: metrics.get(EFFICIENCY_OBJECTIVE, math.nan),
             "trial_seconds": metrics.get("time_total_s", math.nan),

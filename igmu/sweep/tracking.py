@@ -22,6 +22,7 @@ from igmu.sweep.provenance import environment_tags
 from igmu.sweep.results import (
     EARLY_STOPPED,
     HMEAN,
+    INTERVAL_COLUMNS,
     SWEEP_TAG,
     WEIGHTS_DIR,
     WEIGHTS_MANIFEST,
@@ -91,10 +92,11 @@ class MlflowTracker(Callback):
         step = int(result.get("step", result.get("training_iteration", 0)))
         self._describe(trial, run_id, result.get(ENVIRONMENT))
         self._log_metrics(run_id, loss_metrics(result.get(LOSS_STEPS) or []))
-        metrics = {k: float(v) for k, v in result.items() if k in (*ASPECTS, HMEAN)
+        metrics = {k: float(v) for k, v in result.items() if k in (*ASPECTS, *INTERVAL_COLUMNS, HMEAN)
                    and _finite(v)}
         if result.get(FINAL):
-            final = {k: float(v) for k, v in result.items() if (k in ASPECTS or k.startswith("efficiency_")
+            final = {k: float(v) for k, v in result.items() if (k in ASPECTS or k in INTERVAL_COLUMNS
+                                                               or k.startswith("efficiency_")
                                                                or k in ("pre_asr", "post_asr")) and _finite(v)}
             self.client.log_batch(run_id, metrics=_metric_list(final, step))
             self._log_artifacts(run_id, result.get("artifacts_dir"))
