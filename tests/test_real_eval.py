@@ -51,6 +51,11 @@ def test_eval_scores_all_five_aspects_per_category(capsys, tiny_sizes, tiny_sd_d
     assert list(card["aspects"]) == ["forgetting", "preservation", "quality", "alignment", "robustness"]
     for aspect, result in card["aspects"].items():
         assert 0.0 <= result["score"] <= 1.0, (aspect, result)
+        low, high = result["interval"]  # every aspect carries its 95% interval
+        assert 0.0 <= low <= high <= 1.0, (aspect, result)
+    forgetting = card["aspects"]["forgetting"]
+    if "residual_rate" in forgetting:  # a detector's rate: the exact interval, which holds the score
+        assert forgetting["interval"][0] <= forgetting["score"] <= forgetting["interval"][1]
     settings = card["settings"]
     assert settings["sampling"] == {"scheduler": "ddim", "steps": 2, "guidance": 7.5}
     assert settings["safety_checker"].startswith("off")

@@ -249,6 +249,11 @@ class EvalContext(WorldEvaluation):
         """Per judge, one bool per image whose prompt asks for that judge's attribute."""
         return attribute_hits(self.judges, self.prompt_specs[set_name], images, skip)
 
+    def attribute_checks(self, set_name: str, images: torch.Tensor,
+                         skip: tuple[str, ...] = ()) -> dict[str, list[tuple[int, bool]]]:
+        """`attribute_hits` with each check's image index (what a bootstrap over images resamples)."""
+        return attribute_checks(self.judges, self.prompt_specs[set_name], images, skip)
+
 
 def check_world_settings(target: Concept, settings: EvalSettings) -> None:
     if settings.split not in SPLITS:
@@ -274,11 +279,23 @@ def target_detected(judges: dict[str, Judge], target: Concept, images: torch.Ten
 
 def attribute_hits(judges: dict[str, Judge], specs: list[PromptSpec], images: torch.Tensor,
                    skip: tuple[str, ...] = ()) -> dict[str, list]:
+    return hits_of(attribute_checks(judges, specs, images, skip))
+
+
+def attribute_checks(judges: dict[str, Judge], specs: list[PromptSpec], images: torch.Tensor,
+                     skip: tuple[str, ...] = ()) -> dict[str, list[tuple[int, bool]]]:
+    """Per judge, (image index, whether the judge finds what the prompt asks for) for each image whose
+    prompt asks for that judge's attribute."""
     predicted = {name: judge.predict(images)["probs"].argmax(-1).tolist() for name, judge in judges.items()
                  if name not in skip}
-    hits = {name: [] for name in predicted}
+    checks = {name: [] for name in predicted}
     for i, spec in enumerate(specs):
         for name, label in expected_labels(spec).items():
             if name in predicted and label is not None:
-                hits[name].append(predicted[name][i] == label)
-    return hits
+                checks[name].append((i, predicted[name][i] == label))
+    return checks
+
+
+def hits_of(checks: dict[str, list[tuple[int, bool]]]) -> dict[str, list]:
+    """Per judge, the checks' outcomes alone, in image order."""
+    return {name: [hit for _, hit in pairs] for name, pairs in checks.items()}

@@ -220,12 +220,12 @@ class RealEvalContext:
             zero_shot = self.judges.zero_shot((self.target.name, self.spec.anchor or "something else"), "prompt")
         return Detection(zero_shot.classify(features).argmax(-1) == zero_shot.classes.index(self.target.name))
 
-    def label_hits(self, set_name: str) -> list[tuple[Prompt, bool]]:
-        """(prompt, whether its image shows the prompt's label) for each labelled prompt of a set that a
-        CLIP zero-shot judge over its category's shipped labels can check; prompts labelled with the
-        target itself are left out (they ask for what was unlearned)."""
+    def label_checks(self, set_name: str) -> list[tuple[int, Prompt, bool]]:
+        """(image index, prompt, whether its image shows the prompt's label) for each labelled prompt of
+        a set that a CLIP zero-shot judge over its category's shipped labels can check; prompts labelled
+        with the target itself are left out (they ask for what was unlearned)."""
         specs, features = self.prompt_specs[set_name], self.features(set_name)
-        checked: list[tuple[Prompt, bool]] = []
+        checked: list[tuple[int, Prompt, bool]] = []
         for category in dict.fromkeys(p.category for p in specs if p.label and p.category in JUDGED_CATEGORIES):
             labels = category_spec(category).labels
             rows = [i for i, p in enumerate(specs) if p.category == category and p.label in labels
@@ -234,7 +234,7 @@ class RealEvalContext:
                 continue
             judge = self.judges.zero_shot(tuple(labels), category)
             predicted = judge.classify(features[rows]).argmax(-1).tolist()
-            checked += [(specs[i], judge.classes[k] == specs[i].label) for k, i in zip(predicted, rows)]
+            checked += [(i, specs[i], judge.classes[k] == specs[i].label) for k, i in zip(predicted, rows)]
         return checked
 
     def in_domain(self, spec: Prompt) -> bool:

@@ -64,12 +64,17 @@ def format_table(card: dict) -> str:
     for aspect, result in card["aspects"].items():
         details = ", ".join(f"{k}={_short(v)}" for k, v in result.items()
                             if k != "score" and not isinstance(v, (dict, list)))
-        lines.append(f"  {aspect:<13} {_short(result['score']):>6}   {details}")
+        lines.append(f"  {aspect:<13} {_short(result['score']):>6} {_interval(result.get('interval')):<12}  {details}")
     for name, block in card.items():
         if isinstance(block, dict) and name not in UNPRINTED_BLOCKS:
             lines.append(f"  {name:<13} " + ", ".join(f"{k}={_short(v)}" for k, v in block.items()
                                                       if not isinstance(v, list)))
     return "\n".join(lines)
+
+
+def _interval(bounds) -> str:
+    """The 95% interval beside a score, two decimals: enough to see how far the score can be trusted."""
+    return "" if bounds is None else f"[{bounds[0]:.2f}, {bounds[1]:.2f}]"
 
 
 def _short(value) -> str:

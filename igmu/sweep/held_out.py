@@ -25,6 +25,7 @@ from igmu.sweep.results import (
     PARAM_PREFIX,
     TEST_PREFIX,
     WEIGHTS_DIR,
+    interval_keys,
     write_table,
 )
 
@@ -123,10 +124,15 @@ def run_jobs(jobs: dict, resources: Mapping) -> dict:
 
 
 def test_columns(card: Mapping) -> dict:
-    """A test scorecard's aspect scores as results-table columns."""
+    """A test scorecard's aspect scores and their 95% intervals as results-table columns."""
     aspects = card.get("aspects", {})
-    return {TEST_PREFIX + aspect: float(aspects[aspect]["score"]) if aspect in aspects else math.nan
-            for aspect in ASPECTS}
+    columns = {}
+    for aspect in ASPECTS:
+        result = aspects.get(aspect, {})
+        interval = result.get("interval") or (math.nan, math.nan)
+        columns[TEST_PREFIX + aspect] = float(result["score"]) if "score" in result else math.nan
+        columns.update({TEST_PREFIX + key: float(end) for key, end in zip(interval_keys(aspect), interval)})
+    return columns
 
 
 def defaults_rows(cards: Mapping[str, dict], run_ids: Mapping[str, str] | None = None) -> list[dict]:

@@ -57,9 +57,19 @@ PARAM_PREFIX = "param_"
 # held-out re-scoring measured (test). Analysis reads one split at a time through `split_view`.
 SPLIT_PREFIXES = {"validation": "val_", "test": "test_"}
 VAL_PREFIX, TEST_PREFIX = SPLIT_PREFIXES["validation"], SPLIT_PREFIXES["test"]
-# Columns every row has, in order; each hyperparameter adds a PARAM_PREFIX column after `algorithm`.
-COLUMNS = ("trial_id", "algorithm", "status", "early_stopped", "steps", *(VAL_PREFIX + a for a in ASPECTS),
-           *(TEST_PREFIX + a for a in ASPECTS), HMEAN, EFFICIENCY_OBJECTIVE, "trial_seconds", "node", "mlflow_run_id")
+
+
+def interval_keys(aspect: str) -> tuple[str, str]:
+    """The report keys and table columns of an aspect's 95% interval: (low end, high end)."""
+    return f"{aspect}_ci_low", f"{aspect}_ci_high"
+
+
+INTERVAL_COLUMNS = tuple(key for aspect in ASPECTS for key in interval_keys(aspect))
+# Columns every row has, in order (each split's scores with their 95% intervals; tables written before
+# intervals existed lack the interval columns, and readers must not require them); each hyperparameter adds a PARAM_PREFIX column after `algorithm`.
+COLUMNS = ("trial_id", "algorithm", "status", "early_stopped", "steps",
+           *(prefix + key for prefix in (VAL_PREFIX, TEST_PREFIX) for key in (*ASPECTS, *INTERVAL_COLUMNS)),
+           HMEAN, EFFICIENCY_OBJECTIVE, "trial_seconds", "node", "mlflow_run_id")
 # The column (and MLflow run tag) naming the Ray node a trial last ran on: a retried trial may move.
 NODE = "node"
 DEFAULTS_FILE = "defaults.parquet"
@@ -87,16 +97,17 @@ RUN_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 def trial_row(trial_id, algorithm: str, params: Mapping, status: str, metrics: Mapping, run_id: str | None,
               node: str | None = None) -> dict:
     """One row of the table from a trial's last reported metrics. Aspect scores count only from the
-    final scorecard: an early-stopped trial's were measured on the interim budget."""
+    final scorecard: an early-stopped trial's were measured on the interim budget. An aspect without an
+    interval (not measured, or no honest one) has NaN ends."""
     if status not in STATUSES:
         raise ValueError(f"unknown trial status {status!r}; valid: {', '.join(STATUSES)}")
     final = status == FINISHED
     return {"trial_id": trial_id, "algorithm": algorithm,
             **{f"{PARAM_PREFIX}{k}": (str(v) if isinstance(v, str) else v) for k, v in params.items()},
             "status": status, "early_stopped": status == EARLY_STOPPED, "steps": metrics.get("step"),
-            **{VAL_PREFIX + aspect: (float(metrics[aspect]) if final and aspect in metrics else math.nan)
-               for aspect in ASPECTS},
-            **{TEST_PREFIX + aspect: math.nan for aspect in ASPECTS},
+            **{VAL_PREFIX + key: (float(metrics[key]) if final and key in metrics else math.nan)
+               for key in (*ASPECTS, *INTERVAL_COLUMNS)},
+            **{TEST_PREFIX + key: math.nan for key in (*ASPECTS, *INTERVAL_COLUMNS)},
             HMEAN: metrics.get(HMEAN, math.nan),
             EFFICIENCY_OBJECTIVE: metrics.get(EFFICIENCY_OBJECTIVE, math.nan),
             "trial_seconds": metrics.get("time_total_s", math.nan), NODE: node,

@@ -22,12 +22,14 @@ from igmu.provenance import environment_tags
 from igmu.sweep.results import (
     EARLY_STOPPED,
     HMEAN,
+    INTERVAL_COLUMNS,
     NODE,
     SWEEP_TAG,
     TEST_PREFIX,
     VAL_PREFIX,
     WEIGHTS_DIR,
     WEIGHTS_MANIFEST,
+    interval_keys,
     update_sweep_state,
 )
 from igmu.sweep.trainable import ENVIRONMENT, FINAL, LOSS_PREFIX, LOSS_STEPS, SETTINGS_KEY
@@ -36,7 +38,7 @@ PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "igmu.trial_id"
 INTERIM_PREFIX = "interim_"
 # Final scores named by the prompt split they were measured on (val_*, test_*), as in the results table.
-SPLIT_SCORES = (*ASPECTS, "pre_asr", "post_asr")
+SPLIT_SCORES = (*ASPECTS, *INTERVAL_COLUMNS, "pre_asr", "post_asr")
 # Tags of the runs the held-out stage makes: one per algorithm at its published defaults.
 ROLE_TAG, DEFAULTS_ROLE = "igmu.role", "defaults"
 # On each trial run: whether its changed weights are among its artifacts (`igmu export` needs them).
@@ -101,7 +103,7 @@ class MlflowTracker(Callback):
         step = int(result.get("step", result.get("training_iteration", 0)))
         self._describe(trial, run_id, result.get(ENVIRONMENT))
         self._log_metrics(run_id, loss_metrics(result.get(LOSS_STEPS) or []))
-        metrics = {k: float(v) for k, v in result.items() if k in (*ASPECTS, HMEAN)
+        metrics = {k: float(v) for k, v in result.items() if k in (*ASPECTS, *INTERVAL_COLUMNS, HMEAN)
                    and _finite(v)}
         if result.get(FINAL):
             final = {(VAL_PREFIX + k if k in SPLIT_SCORES else k): float(v) for k, v in result.items()
@@ -293,6 +295,8 @@ def split_metrics(card: Mapping, prefix: str) -> dict:
     """A scorecard's aspect scores (and attack rates) as `<prefix><name>` metrics."""
     aspects = card.get("aspects", {})
     values = {name: result["score"] for name, result in aspects.items()}
+    values.update({key: end for name, result in aspects.items() if result.get("interval")
+                   for key, end in zip(interval_keys(name), result["interval"])})
     values.update({name: aspects["robustness"][name] for name in ("pre_asr", "post_asr")
                    if name in aspects.get("robustness", {})})
     return {prefix + name: float(v) for name, v in values.items() if _finite(v)}

@@ -25,7 +25,7 @@ from igmu.metrics.context import Budget, EvalSettings, context_for
 from igmu.metrics.scorecard import build_context, scorecard
 from igmu.provenance import environment_tags
 from igmu.run import build_unlearner, changed_since, load_model_for, module_states, peak_memory_mb
-from igmu.sweep.results import CHANGED_FILE, HMEAN, NODE, WEIGHTS_DIR, WEIGHTS_MANIFEST
+from igmu.sweep.results import CHANGED_FILE, HMEAN, NODE, WEIGHTS_DIR, WEIGHTS_MANIFEST, interval_keys
 from igmu.sweep.space import trial_params
 
 SETTINGS_KEY = "igmu"
@@ -161,7 +161,17 @@ def _metrics(card: dict, step: int, final: bool) -> dict:
     if "robustness" in card["aspects"]:
         metrics["pre_asr"] = card["aspects"]["robustness"]["pre_asr"]
         metrics["post_asr"] = card["aspects"]["robustness"]["post_asr"]
-    return metrics
+    return {**metrics, **interval_entries(card)}
+
+
+def interval_entries(card: dict) -> dict:
+    """`<aspect>_ci_low` and `<aspect>_ci_high` for every aspect of the scorecard that has an interval."""
+    entries = {}
+    for aspect, result in card["aspects"].items():
+        if result.get("interval") is not None:
+            low, high = interval_keys(aspect)
+            entries[low], entries[high] = (float(end) for end in result["interval"])
+    return entries
 
 
 def _finish(card: dict, ctx, unlearner, trial_dir: Path, seconds: float) -> dict:
