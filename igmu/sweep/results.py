@@ -65,8 +65,9 @@ def interval_keys(aspect: str) -> tuple[str, str]:
 
 
 INTERVAL_COLUMNS = tuple(key for aspect in ASPECTS for key in interval_keys(aspect))
-# Columns every row has, in order (each split's scores with their 95% intervals; tables written before
-# intervals existed lack the interval columns, and readers must not require them); each hyperparameter adds a PARAM_PREFIX column after `algorithm`.
+# Columns every row has, in order: each split's scores with their 95% intervals (tables written before
+# intervals existed lack the interval columns; readers must not require them). Each hyperparameter
+# adds a PARAM_PREFIX column after `algorithm`.
 COLUMNS = ("trial_id", "algorithm", "status", "early_stopped", "steps",
            *(prefix + key for prefix in (VAL_PREFIX, TEST_PREFIX) for key in (*ASPECTS, *INTERVAL_COLUMNS)),
            HMEAN, EFFICIENCY_OBJECTIVE, "trial_seconds", "node", "mlflow_run_id")
