@@ -198,9 +198,10 @@ def test_reports_and_table_rows_carry_each_interval(tiny_world_card):
     for aspect, result in card["aspects"].items():
         assert [reported[key] for key in interval_keys(aspect)] == result["interval"]
     row = trial_row("t1", "esd", {"lr": 1e-3}, FINISHED, reported, None)
-    assert all(row[key] == reported[key] for key in INTERVAL_COLUMNS)
+    assert all(row[f"val_{key}"] == reported[key] for key in INTERVAL_COLUMNS)  # trials score validation
+    assert all(math.isnan(row[f"test_{key}"]) for key in INTERVAL_COLUMNS)  # the held-out stage fills these
     stopped = trial_row("t2", "esd", {"lr": 1e-3}, EARLY_STOPPED, reported, None)
-    assert all(math.isnan(stopped[key]) for key in INTERVAL_COLUMNS)  # interim intervals never count
+    assert all(math.isnan(stopped[f"val_{key}"]) for key in INTERVAL_COLUMNS)  # interim intervals never count
     interim = _metrics({"aspects": {"forgetting": {"score": 0.5}}}, step=2, final=False)
     assert not any(key in interim for key in INTERVAL_COLUMNS)  # no interval, no key
 
