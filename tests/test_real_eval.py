@@ -155,7 +155,7 @@ def test_a_tiny_sd_sweep_scores_keeps_weights_and_exports_a_stock_pipeline(
     finished = [r for r in runs if r.data.tags["status"] == "finished"]
     assert len(runs) == 3 and finished
     for run in finished:
-        assert set(ASPECTS) <= set(run.data.metrics), run.data.metrics
+        assert {f"val_{a}" for a in ASPECTS} <= set(run.data.metrics), run.data.metrics
         assert run.data.tags["igmu.weights"] == "logged"  # three trials: every finished one is front or top 3
 
     code, out, err = run_igmu(capsys, "pareto", "sd-tiny", "--storage", storage, "--tracking-uri",
