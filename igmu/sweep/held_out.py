@@ -21,11 +21,10 @@ from igmu.sweep.results import (
     CHANGED_FILE,
     DEFAULTS_FILE,
     EFFICIENCY_OBJECTIVE,
-    FINISHED,
-    PARAM_PREFIX,
     TEST_PREFIX,
     WEIGHTS_DIR,
     interval_keys,
+    param_columns,
     write_table,
 )
 
@@ -74,11 +73,6 @@ def score_defaults_on_test(settings: Mapping, algorithm: str) -> dict:
                            "efficiency_peak_memory_mb": efficiency["peak_memory_mb"]}}
 
 
-def selected_for_test(rows: list[dict], selected: set) -> list[dict]:
-    """The finished rows among `selected` whose trial wrote weights to re-score."""
-    return [row for row in rows if row["trial_id"] in selected and row["status"] == FINISHED]
-
-
 def run_held_out(rows: list[dict], selected: set, settings: Mapping, algorithms: list[str], resources: Mapping,
                  defaults: bool) -> dict[str, dict]:
     """Re-score `selected` trials on the test split (filling their test_* columns in `rows`) and, with
@@ -87,7 +81,7 @@ def run_held_out(rows: list[dict], selected: set, settings: Mapping, algorithms:
     trials_dir = Path(settings["out_dir"])
     defaults_dir = trials_dir.parent / DEFAULTS_DIR
     jobs = {}
-    for row in selected_for_test(rows, selected):
+    for row in (row for row in rows if row["trial_id"] in selected):  # kept_trials picks finished ones only
         folder = trials_dir / str(row["trial_id"])
         weights = folder / WEIGHTS_DIR / CHANGED_FILE
         if weights.is_file() or (folder / TEST_SCORECARD).is_file():
@@ -139,9 +133,7 @@ def defaults_rows(cards: Mapping[str, dict], run_ids: Mapping[str, str] | None =
     """One row per algorithm at its defaults: its parameters, test scores and seconds."""
     rows = []
     for algorithm, card in sorted(cards.items()):
-        rows.append({"algorithm": algorithm,
-                     **{f"{PARAM_PREFIX}{k}": (str(v) if isinstance(v, str) else v)
-                        for k, v in card.get("params", {}).items()},
+        rows.append({"algorithm": algorithm, **param_columns(card.get("params", {})),
                      **test_columns(card),
                      EFFICIENCY_OBJECTIVE: card.get("efficiency", {}).get(EFFICIENCY_OBJECTIVE, math.nan),
                      "mlflow_run_id": (run_ids or {}).get(algorithm)})

@@ -103,8 +103,7 @@ def trial_row(trial_id, algorithm: str, params: Mapping, status: str, metrics: M
     if status not in STATUSES:
         raise ValueError(f"unknown trial status {status!r}; valid: {', '.join(STATUSES)}")
     final = status == FINISHED
-    return {"trial_id": trial_id, "algorithm": algorithm,
-            **{f"{PARAM_PREFIX}{k}": (str(v) if isinstance(v, str) else v) for k, v in params.items()},
+    return {"trial_id": trial_id, "algorithm": algorithm, **param_columns(params),
             "status": status, "early_stopped": status == EARLY_STOPPED, "steps": metrics.get("step"),
             **{VAL_PREFIX + key: (float(metrics[key]) if final and key in metrics else math.nan)
                for key in (*ASPECTS, *INTERVAL_COLUMNS)},
@@ -113,6 +112,11 @@ def trial_row(trial_id, algorithm: str, params: Mapping, status: str, metrics: M
             EFFICIENCY_OBJECTIVE: metrics.get(EFFICIENCY_OBJECTIVE, math.nan),
             "trial_seconds": metrics.get("time_total_s", math.nan), NODE: node,
             "mlflow_run_id": run_id}
+
+
+def param_columns(params: Mapping) -> dict:
+    """Hyperparameters as PARAM_PREFIX columns of a table row."""
+    return {f"{PARAM_PREFIX}{k}": (str(v) if isinstance(v, str) else v) for k, v in params.items()}
 
 
 def kept_trials(rows: Iterable[Mapping], objectives: Mapping[str, str], policy: str) -> set:
