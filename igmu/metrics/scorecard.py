@@ -8,6 +8,7 @@ from igmu import progress
 from igmu.metrics.base import metrics_for
 from igmu.metrics.cache import ImageCache
 from igmu.metrics.context import Budget, EvalSettings, budget_of, context_for
+from igmu.metrics.recognisability import degeneracy
 
 
 def build_context(model, target: str, budget: str | Budget = "full", original=None,
@@ -33,8 +34,16 @@ def scorecard(ctx) -> dict:
     `aspects` (as the small budget leaves out what it does not run): no number is made up."""
     aspects = _judged_aspects(ctx)
     card = {"model": ctx.model.source, "target": ctx.target.name, "category": ctx.target.category,
-            "budget": ctx.budget.name, "seed": ctx.seed, "aspects": aspects}
+            "budget": ctx.budget.name, "seed": ctx.seed, **_degeneracy(ctx), "aspects": aspects}
     return {**card, **ctx.extra_blocks()}
+
+
+def _degeneracy(ctx) -> dict:
+    """`degenerate` (more than half the images forgetting and robustness judged are unrecognisable)
+    and that share. Contexts whose metrics never judge recognisability (image-to-image) keep no
+    `judged` record: not degenerate, share unknown."""
+    judged = getattr(ctx, "judged", {})
+    return degeneracy(outcomes.unrecognisable for outcomes in judged.values())
 
 
 def _judged_aspects(ctx) -> dict:
@@ -55,6 +64,8 @@ UNPRINTED_BLOCKS = ("aspects", "not_applicable", "params")
 
 def format_table(card: dict) -> str:
     lines = [f"model={card['model']}  target={card['target']} ({card['category']})  budget={card['budget']}"]
+    if card.get("degenerate"):
+        lines.append(f"  DEGENERATE: {_short(card['unrecognisable_share'])} of the judged images are unrecognisable")
     for aspect, result in card["aspects"].items():
         details = ", ".join(f"{k}={_short(v)}" for k, v in result.items()
                             if k != "score" and not isinstance(v, (dict, list)))

@@ -50,10 +50,16 @@ DIRECTIONS = ("max", "min")
 NATURAL_DIRECTIONS: dict[str, str] = {**{aspect: "max" for aspect in ASPECTS}, EFFICIENCY_OBJECTIVE: "min"}
 DEFAULT_OBJECTIVES = {"forgetting": "max", "preservation": "max"}
 
+# Whether the trial's last scorecard judged most of its images unrecognisable (blank, noise, blur),
+# and that share: such a trial's forgetting is destruction, so the analysis leaves it out by default.
+# Tables written before these columns existed lack them; readers treat such trials as not degenerate.
+DEGENERATE = "degenerate"
+UNRECOGNISABLE_SHARE = "unrecognisable_share"
+
 PARAM_PREFIX = "param_"
 # Columns every row has, in order; each hyperparameter adds a PARAM_PREFIX column after `algorithm`.
-COLUMNS = ("trial_id", "algorithm", "status", "early_stopped", "steps", *ASPECTS, HMEAN, EFFICIENCY_OBJECTIVE,
-           "trial_seconds", "mlflow_run_id")
+COLUMNS = ("trial_id", "algorithm", "status", "early_stopped", "steps", *ASPECTS, HMEAN, DEGENERATE,
+           UNRECOGNISABLE_SHARE, EFFICIENCY_OBJECTIVE, "trial_seconds", "mlflow_run_id")
 REQUIRED_COLUMNS = ("trial_id", "status")
 # The tag on a sweep's MLflow parent run that names the sweep (and so its folder under the results root).
 SWEEP_TAG = "igmu.sweep"
@@ -77,7 +83,8 @@ RUN_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 
 def trial_row(trial_id, algorithm: str, params: Mapping, status: str, metrics: Mapping, run_id: str | None) -> dict:
     """One row of the table from a trial's last reported metrics. Aspect scores count only from the
-    final scorecard: an early-stopped trial's were measured on the interim budget."""
+    final scorecard: an early-stopped trial's were measured on the interim budget. The degenerate flag
+    is the last scorecard's, interim or final: a broken model is broken at either budget."""
     if status not in STATUSES:
         raise ValueError(f"unknown trial status {status!r}; valid: {', '.join(STATUSES)}")
     final = status == FINISHED
@@ -86,6 +93,8 @@ def trial_row(trial_id, algorithm: str, params: Mapping, status: str, metrics: M
             "status": status, "early_stopped": status == EARLY_STOPPED, "steps": metrics.get("step"),
             **{aspect: (float(metrics[aspect]) if final and aspect in metrics else math.nan) for aspect in ASPECTS},
             HMEAN: metrics.get(HMEAN, math.nan),
+            DEGENERATE: bool(metrics.get(DEGENERATE, False)),
+            UNRECOGNISABLE_SHARE: metrics.get(UNRECOGNISABLE_SHARE, math.nan),
             EFFICIENCY_OBJECTIVE: metrics.get(EFFICIENCY_OBJECTIVE, math.nan),
             "trial_seconds": metrics.get("time_total_s", math.nan),
             "mlflow_run_id": run_id}

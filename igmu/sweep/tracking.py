@@ -20,9 +20,11 @@ from ray.tune import Callback
 from igmu.metrics.base import ASPECTS
 from igmu.sweep.provenance import environment_tags
 from igmu.sweep.results import (
+    DEGENERATE,
     EARLY_STOPPED,
     HMEAN,
     SWEEP_TAG,
+    UNRECOGNISABLE_SHARE,
     WEIGHTS_DIR,
     WEIGHTS_MANIFEST,
     update_sweep_state,
@@ -67,6 +69,10 @@ def start_parent_run(client, experiment: str, sweep_name: str, state_file: Path,
     return experiment_id, parent.info.run_id
 
 
+# Final-scorecard figures logged beside the aspect scores and efficiency.
+FINAL_FIGURES = ("pre_asr", "post_asr", DEGENERATE, UNRECOGNISABLE_SHARE)
+
+
 class MlflowTracker(Callback):
     """Mirror trial results into nested MLflow runs (the results table joins them by trial tag)."""
 
@@ -95,7 +101,7 @@ class MlflowTracker(Callback):
                    and _finite(v)}
         if result.get(FINAL):
             final = {k: float(v) for k, v in result.items() if (k in ASPECTS or k.startswith("efficiency_")
-                                                               or k in ("pre_asr", "post_asr")) and _finite(v)}
+                                                               or k in FINAL_FIGURES) and _finite(v)}
             self.client.log_batch(run_id, metrics=_metric_list(final, step))
             self._log_artifacts(run_id, result.get("artifacts_dir"))
         else:
