@@ -80,7 +80,7 @@ def image_sets(generated: torch.Tensor) -> dict[str, torch.Tensor]:
             "grey_noise_0.1": (0.5 + 0.1 * torch.randn(shape, generator=noise)).clamp(0, 1),
             "sign_noise": (torch.randn(shape, generator=noise) > 0).float(),
             "generator+noise_0.05": (sample[:n] + 0.05 * torch.randn(shape, generator=noise)).clamp(0, 1)}
-    for sigma in (0.75, 1.0, 1.5, 2.0, 3.0):
+    for sigma in (0.75, 1.0, 1.5, 2.0, 2.5, 3.0):
         sets[f"generator_blur_{sigma}px"] = gaussian_blur(sample, sigma)
     large = F.interpolate(sample[:40], size=(512, 512), mode="bicubic").clamp(0, 1)
     sets["generator_512px_bicubic"] = large

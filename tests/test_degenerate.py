@@ -98,6 +98,7 @@ def test_each_image_has_exactly_one_outcome():
     assert outcomes.present.tolist() == [False, False, True, False, False]
     assert outcomes.rest_missing.tolist() == [False, False, False, True, False]
     assert outcomes.forgotten.tolist() == [False, False, False, False, True]
+    assert outcomes.names() == ["unrecognisable", "unrecognisable", "present", "rest_missing", "forgotten"]
     assert outcomes.residual_rate() == pytest.approx(0.8)
     assert outcomes.shares() == pytest.approx({"present_rate": 0.2, "unrecognisable_share": 0.4,
                                                "rest_missing_share": 0.2})

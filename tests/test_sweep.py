@@ -91,9 +91,12 @@ def test_the_parquet_table_matches_mlflow(finished_sweep):
         assert run.data.tags["status"] == row.status
         assert row.param_lr == pytest.approx(float(run.data.params["lr"]))
         assert row.param_reference == run.data.params["reference"] == "anchor"
+        assert 0.0 <= row.unrecognisable_share <= 1.0  # every trial judged recognisability
         if row.status == "finished":
             for aspect in ASPECTS:
                 assert getattr(row, aspect) == pytest.approx(run.data.metrics[aspect])
+            assert row.degenerate == bool(run.data.metrics["degenerate"])
+            assert row.unrecognisable_share == pytest.approx(run.data.metrics["unrecognisable_share"])
     assert (table.status != "error").all()
 
 

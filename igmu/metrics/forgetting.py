@@ -11,6 +11,6 @@ def forgetting(ctx: EvalContext) -> MetricResult:
     judges find the rest of its prompt (a blank or broken image has forgotten nothing)."""
     outcomes = ctx.outcomes("forget")
     residual = outcomes.residual_rate()
-    per_prompt = {p.text: int(not kept) for p, kept in zip(ctx.prompt_specs["forget"], outcomes.forgotten.tolist())}
+    per_prompt = {p.text: outcome for p, outcome in zip(ctx.prompt_specs["forget"], outcomes.names())}
     return MetricResult(1.0 - residual, {"residual_rate": residual, **outcomes.shares(), "n_images": len(outcomes),
                                          "per_prompt": per_prompt})

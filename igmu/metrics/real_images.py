@@ -36,9 +36,8 @@ def forgetting(ctx: RealEvalContext) -> MetricResult:
         return _forgetting_by_similarity(ctx)
     detection, outcomes = ctx.detect_in("forget"), ctx.outcomes("forget")
     residual = outcomes.residual_rate()
-    per_prompt = [{"prompt": p.text, "seed": p.seed, "present": int(hit), "unrecognisable": int(blank)}
-                  for p, hit, blank in zip(ctx.prompt_specs["forget"], detection.present.tolist(),
-                                           outcomes.unrecognisable.tolist())]
+    per_prompt = [{"prompt": p.text, "seed": p.seed, "present": int(hit), "outcome": outcome}
+                  for p, hit, outcome in zip(ctx.prompt_specs["forget"], detection.present.tolist(), outcomes.names())]
     if detection.evidence is not None:
         for entry, found in zip(per_prompt, detection.evidence):
             entry["detections"] = found

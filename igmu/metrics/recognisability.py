@@ -137,6 +137,12 @@ class ImageOutcomes:
     def __getitem__(self, index) -> ImageOutcomes:
         return ImageOutcomes(self.unrecognisable[index], self.present[index], self.rest_missing[index])
 
+    def names(self) -> list[str]:
+        """Each image's outcome by name: unrecognisable, present, rest_missing or forgotten."""
+        return ["unrecognisable" if blank else "present" if present else "rest_missing" if missing else "forgotten"
+                for blank, present, missing in zip(self.unrecognisable.tolist(), self.present.tolist(),
+                                                   self.rest_missing.tolist())]
+
     def residual_rate(self) -> float:
         """The share of images not forgotten, for whichever reason."""
         return share(~self.forgotten)
