@@ -1,7 +1,14 @@
-"""Errors that reach the user as one line and exit code 2 (bad input), not as a traceback."""
+"""Errors that reach the user as one line, not as a traceback: exit code 2 for bad input, 1 for a run
+that failed as a whole."""
 
 
 class UsageError(ValueError):
     """Bad user input: an unknown name, an out-of-range value, a missing or unreadable file."""
 
     exit_code = 2
+
+
+class RunFailed(RuntimeError):
+    """Valid input, but the work failed as a whole (every trial of a sweep errored)."""
+
+    exit_code = 1

@@ -25,7 +25,7 @@ SD_ALGORITHMS = sorted(name for name, cls in ALGORITHMS.items() if StableDiffusi
 
 # Small enough for CI: few training images, tiny batches.
 TINY = {"steps": 2, "batch_size": 2, "forget_images": 4, "retain_images": 4, "anchor_images": 4,
-        "preserve_prompts": 10, "ddim_steps": 4}
+        "preserve_prompts": 10, "ddim_steps": 4, "epochs": 2, "sampler_steps": 4, "prompts": 4}
 
 
 def tiny_overrides(name: str, **extra) -> dict:
@@ -461,6 +461,11 @@ WORLD_DEFAULTS = {
     ("salun", "style"): {"lr": 3e-5, "steps": 150, "alpha": 1.0, "threshold": 0.5},
     ("erasediff", "object"): {"lr": 3e-5, "steps": 150, "lambda_mode": "fixed", "lambda_bome": 1.0},
     ("uce", "object"): {"guide": "pseudo", "preserve_scale": 0.3, "lamb": 0.1, "token_rows": "all"},
+    ("rece", "object"): {"guide": "pseudo", "epochs": 3, "regular_scale": 0.1, "token_rows": "all",
+                         "concept_prompts": 1000},
+    ("concept-prune", "object"): {"skill_ratio": 0.01, "timesteps": 10, "sampler_steps": 10, "guidance": 2.0},
+    ("fmn", "object"): {"lr": 1e-5, "steps": 50, "train_method": "full", "include_eos": True},
+    ("mace", "object"): {"lr": 1e-3, "lamb": 1.0, "masks": "render", "guide": "pseudo", "importance_sampling": False},
 }
 OFFICIAL_SD = {
     ("esd", "object"): {"lr": 1e-5, "steps": 1000, "batch_size": 1, "negative_guidance": 1.0, "start_guidance": 3.0,
@@ -479,6 +484,12 @@ OFFICIAL_SD = {
                               "train_method": "full"},
     ("erasediff", "sensitive"): {"train_method": "noxattn"},
     ("uce", "style"): {"erase_scale": 1.0, "preserve_scale": 1.0, "lamb": 0.5, "guide": "anchor", "token_rows": "last"},
+    ("rece", "style"): {"erase_scale": 1.0, "preserve_scale": 0.1, "lamb": 0.1, "regular_scale": 0.1, "epochs": 3,
+                        "concept_prompts": 1, "token_rows": "last"},
+    ("concept-prune", "object"): {"skill_ratio": 0.01, "sampler_steps": 50, "guidance": 7.5, "select_ratio": 0.0},
+    ("fmn", "object"): {"lr": 2e-6, "steps": 35, "batch_size": 1, "train_method": "full", "include_eos": True},
+    ("mace", "object"): {"lr": 1e-5, "steps": 50, "batch_size": 1, "rank": 1, "lamb": 1e3, "masks": "attention",
+                         "importance_sampling": True, "guide": "anchor"},
 }
 
 
@@ -584,3 +595,186 @@ def test_a_celebrity_target_runs_on_stable_diffusion(tiny_sd_dir):
     esd = build_unlearner("esd", sd, "Brad Pitt", tiny_overrides("esd", steps=1), category="celebrity", anchor="a man")
     assert esd.task.category == "celebrity" and esd.params.train_method == "xattn"
     assert len(run_unlearning(esd)) == 1
+
+
+# --- wave 2: RECE, ConceptPrune, FMN, MACE -----------------------------------------------------------
+
+def test_rece_derived_embedding_satisfies_its_normal_equations_and_reproduces_the_outputs():
+    from igmu.algorithms.rece import derive_embedding
+
+    torch.manual_seed(0)
+    edited = [torch.randn(6, 5, dtype=torch.float64) for _ in range(3)]
+    original = [torch.randn(6, 5, dtype=torch.float64) for _ in range(3)]
+    concept, gamma = torch.randn(4, 5, dtype=torch.float64), 0.3
+    derived = derive_embedding(edited, original, concept, gamma)
+    # (gamma I + sum W'^T W') c'^T = (sum W'^T W) c^T
+    lhs = (gamma * torch.eye(5, dtype=torch.float64) + sum(w.T @ w for w in edited)) @ derived.T
+    rhs = sum(w.T @ o for w, o in zip(edited, original)) @ concept.T
+    assert torch.allclose(lhs, rhs, atol=1e-8)
+    # Without the ridge and with one invertible edited layer, c' regenerates the original output exactly.
+    square_edited, square_original = torch.randn(5, 5, dtype=torch.float64), torch.randn(5, 5, dtype=torch.float64)
+    exact = derive_embedding([square_edited], [square_original], concept, 1e-12)
+    assert torch.allclose(exact @ square_edited.T, concept @ square_original.T, atol=1e-6)
+
+
+def test_rece_starts_from_uce_and_edits_only_cross_attention_keys_and_values(world):
+    rece = build_unlearner("rece", world, "ball", tiny_overrides("rece", epochs=2), seed=0)
+    before = snapshot(world.unet)
+    rece.prepare()
+    after_uce = snapshot(world.unet)
+    uce = build_unlearner("uce", load("world", device="cpu"), "ball", tiny_overrides("uce"), seed=0)
+    run_unlearning(uce)
+    assert all(torch.equal(after_uce[k], v) for k, v in uce.generator.unet.state_dict().items())
+    run_unlearning(rece, prepared=True)
+    changed = [k for k, v in world.unet.state_dict().items() if not torch.equal(before[k], v)]
+    moved_by_rece = [k for k, v in world.unet.state_dict().items() if not torch.equal(after_uce[k], v)]
+    assert moved_by_rece and set(moved_by_rece) <= set(changed)
+    assert all(("attn2.to_k" in k or "attn2.to_v" in k) for k in changed)
+
+
+def test_concept_prune_skilled_weights_are_the_row_top_of_the_target_score_that_beat_the_base():
+    from igmu.algorithms.concept_prune import skilled_mask, union_over_time
+
+    weight = torch.tensor([[1.0, -2.0, 3.0, 0.5], [4.0, 1.0, -1.0, 2.0]])
+    target, base = torch.tensor([1.0, 1.0, 0.1, 4.0]), torch.tensor([2.0, 0.5, 0.1, 1.0])
+    # |W| * ||X_target|| = [[1, 2, 0.3, 2], [4, 1, 0.1, 8]]; top half of each row: {1, 3} and {0, 3}
+    # (row 0 ties 2 = 2 at columns 1 and 3); beating |W| * ||X_base|| = [[2, 1, 0.3, .5], [8, .5, .1, 2]]
+    mask = skilled_mask(weight, target, base, 0.5)
+    assert mask.tolist() == [[False, True, False, True], [False, False, False, True]]
+    steps = [torch.tensor([True, False, False]), torch.tensor([True, True, False])]
+    assert union_over_time(steps, 0.0).tolist() == [True, True, False]
+    assert union_over_time(steps, 0.5).tolist() == [True, False, False]
+
+
+def test_concept_prune_zeroes_exactly_the_selected_weights(world):
+    from igmu.algorithms.concept_prune import skilled_mask, union_over_time
+
+    cp = build_unlearner("concept-prune", world, "ball", tiny_overrides("concept-prune", timesteps=2), seed=0)
+    before = snapshot(world.unet)
+    run_unlearning(cp)
+    after = world.unet.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.endswith("ff.net.2.weight") for k in changed)
+    for name, mask in cp.pruned.items():
+        old, new = before[f"{name}.weight"], after[f"{name}.weight"]
+        expected = union_over_time([skilled_mask(old, cp.target_norms.norms(t, name), cp.base_norms.norms(t, name),
+                                                 cp.params.skill_ratio) for t in range(2)], 0.0)
+        assert torch.equal(mask, expected) and mask.any()
+        assert torch.all(new[mask] == 0) and torch.equal(new[~mask], old[~mask])
+
+
+def test_fmn_loss_is_the_norm_of_the_attention_on_the_concept_tokens_computed_directly(world):
+    fmn = build_unlearner("fmn", world, "hazard", tiny_overrides("fmn"), seed=0)
+    fmn.prepare()
+    batch = fmn.draw()
+    layers = {n: m for n, m in world.unet.named_modules() if n.endswith("attn2")}
+    seen, handles = {}, []
+
+    def keep(name, part):
+        def hook(module, args, output):
+            seen.setdefault(name, {})[part] = output.detach()
+        return hook
+
+    for name, module in layers.items():
+        handles += [module.to_q.register_forward_hook(keep(name, "q")), module.to_k.register_forward_hook(keep(name, "k"))]
+    emb = world.encode_prompt(batch["prompts"])
+    with torch.no_grad():
+        plain = world.unet(batch["x_t"], batch["t"], encoder_hidden_states=emb).sample
+    for handle in handles:
+        handle.remove()
+    # The concept's columns: the word "hazard" and the first end-of-text token of each prompt.
+    ids = world.tokenize(batch["prompts"]).tolist()
+    hazard = world.tokenizer("hazard", add_special_tokens=False).input_ids[0]
+    columns = [[i for i, tok in enumerate(row) if tok == hazard] + [row.index(world.tokenizer.eos_token_id)]
+               for row in ids]
+    assert all(len(c) == 2 for c in columns)
+    total = torch.tensor(0.0)
+    for name, module in layers.items():
+        q, k = seen[name]["q"], seen[name]["k"]
+        heads = module.heads
+        q = q.view(q.shape[0], q.shape[1], heads, -1).transpose(1, 2)
+        k = k.view(k.shape[0], k.shape[1], heads, -1).transpose(1, 2)
+        probs = torch.softmax(q @ k.transpose(-1, -2) * module.scale, dim=-1)
+        for b, cols in enumerate(columns):
+            total = total + probs[b][:, :, cols].pow(2).sum()
+    assert torch.allclose(fmn.loss(batch).detach(), total.sqrt(), rtol=1e-4)
+    # The capturing processor computes the same attention as diffusers' own.
+    from igmu.algorithms.hooks import capture_cross_attention
+
+    with torch.no_grad(), capture_cross_attention(world.unet) as maps:
+        captured = world.unet(batch["x_t"], batch["t"], encoder_hidden_states=emb).sample
+    assert torch.allclose(captured, plain, atol=1e-5) and len(maps.all()) == len(layers)
+    assert all(type(m.processor).__name__ != "CapturingAttnProcessor" for m in layers.values())
+
+
+def test_mace_fused_weights_satisfy_their_normal_equations():
+    from igmu.algorithms.mace import fuse_solve
+
+    torch.manual_seed(0)
+    w0, c_p = torch.randn(6, 5, dtype=torch.float64), torch.randn(7, 5, dtype=torch.float64)
+    loras = [w0 + torch.randn(6, 1, dtype=torch.float64) @ torch.randn(1, 5, dtype=torch.float64) for _ in range(2)]
+    contexts = [torch.randn(4, 5, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)]
+    lamb, s_p = 0.4, 0.2
+    fused = fuse_solve(w0, loras, contexts, c_p, s_p, lamb)
+    # The gradient of lamb ||W - W0||^2 + sum_i ||(W - W_i) C_i^T||^2 + s_p ||(W - W0) C_p^T||^2 vanishes:
+    gradient = lamb * (fused - w0) + s_p * (fused - w0) @ c_p.T @ c_p
+    gradient = gradient + sum((fused - w_i) @ c_i.T @ c_i for w_i, c_i in zip(loras, contexts))
+    assert torch.allclose(gradient, torch.zeros_like(gradient), atol=1e-9)
+
+
+def test_mace_co_occurring_rows_skip_the_concept_words_and_pair_the_rest():
+    from igmu.algorithms.mace import co_occurring_rows
+
+    # BOS a ember ball EOS  vs  BOS a ember box EOS -> everything but position 3, then padding to 8.
+    old, new = co_occurring_rows([1, 4, 41, 9, 2], [1, 4, 41, 7, 2], 8)
+    assert old == [0, 1, 2, 4, 5, 6, 7] and new == old
+    # A deleted phrase: BOS a ember ball with hazard EOS vs BOS a ember ball EOS.
+    old, new = co_occurring_rows([1, 4, 41, 9, 5, 53, 2], [1, 4, 41, 9, 2], 8)
+    assert old == [0, 1, 2, 3, 6, 7] and new == [0, 1, 2, 3, 4, 5]
+
+
+def test_mace_loss_is_the_masked_attention_on_the_concept_and_only_keys_and_values_change(world):
+    from igmu.algorithms.hooks import capture_cross_attention
+
+    mace = build_unlearner("mace", world, "ball", tiny_overrides("mace"), seed=0)
+    before = snapshot(world.unet)
+    mace.prepare()
+    batch = mace.draw()
+    assert 0 < float(batch["masks"].mean()) < 1
+    with capture_cross_attention(world.unet) as maps:
+        world.unet(batch["x_t"], batch["t"], encoder_hidden_states=world.encode_prompt(batch["prompts"]))
+    ball = world.tokenizer("ball", add_special_tokens=False).input_ids[0]
+    ids = world.tokenize(batch["prompts"]).tolist()
+    expected = torch.tensor(0.0)
+    for probs in maps.all():
+        side = int(probs.shape[2] ** 0.5)
+        inside = torch.nn.functional.interpolate(batch["masks"], size=(side, side), mode="nearest").flatten(1) > 0.5
+        layer = torch.tensor(0.0)
+        for b, row in enumerate(ids):
+            cols = [i for i, tok in enumerate(row) if tok == ball] + [row.index(world.tokenizer.eos_token_id)]
+            layer = layer + probs[b][:, inside[b]][:, :, cols].detach().pow(2).sum()
+        expected = expected + layer.sqrt()
+    assert torch.allclose(mace.loss(batch).detach(), expected, rtol=1e-4)
+    run_unlearning(mace, prepared=True)
+    changed = [k for k, v in world.unet.state_dict().items() if not torch.equal(before[k], v)]
+    assert changed and all(("attn2.to_k" in k or "attn2.to_v" in k) for k in changed)
+    assert not mace.lora and all(not m._forward_hooks for n, m in world.unet.named_modules() if n.endswith("to_k"))
+
+
+def test_ffn_input_norms_are_wanda_norms_per_sampler_step(world):
+    from igmu.algorithms.hooks import ffn_output_layers, record_ffn_inputs
+
+    name, layer = next(iter(ffn_output_layers(world.unet).items()))
+    seen = []
+    handle = layer.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    emb = world.encode_prompt(["a ember ball", "a ocean box"])
+    calls = [torch.randn(2, *world.latent_shape) for _ in range(3)]
+    with torch.no_grad(), record_ffn_inputs(world.unet, steps=2) as norms:
+        for x in calls:
+            world.unet(x, torch.tensor([500, 500]), encoder_hidden_states=emb)
+    handle.remove()
+    # Calls 0 and 2 are sampler step 0, call 1 is step 1: ||X_j|| of the mean squared token row.
+    step0 = torch.cat([seen[0], seen[2]]).reshape(-1, seen[0].shape[-1])
+    assert torch.allclose(norms.norms(0, name), step0.pow(2).mean(0).sqrt(), rtol=1e-5)
+    assert torch.allclose(norms.norms(1, name), seen[1].reshape(-1, seen[1].shape[-1]).pow(2).mean(0).sqrt(), rtol=1e-5)
+    assert not layer._forward_pre_hooks

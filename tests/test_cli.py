@@ -75,6 +75,10 @@ def test_algorithms_lists_the_registry():
 TINY_RUN = {"esd": ["steps=2", "ddim_steps=4"], "salun": ["steps=2", "forget_images=4", "retain_images=4"],
             "uce": [], "ca": ["steps=2", "anchor_images=4"],
             "erasediff": ["steps=2", "forget_images=4", "retain_images=4"],
+            "rece": ["epochs=2", "preserve_prompts=10"],
+            "concept-prune": ["sampler_steps=4", "prompts=4"],
+            "fmn": ["steps=2", "forget_images=4"],
+            "mace": ["steps=2", "forget_images=4", "preserve_prompts=10"],
             **{name: ["steps=2", "batch_size=4", "forget_images=4", "retain_images=4"]
                for name in ("i2i", "i2i-max-loss", "i2i-noisy-label", "i2i-retain-label", "i2i-random-encoder")}}
 # Where a saved run keeps the edited weights, by the kind of generator the algorithm edits.
@@ -147,4 +151,4 @@ def test_a_ray_address_that_does_not_answer_fails_fast_in_one_line(args):
     result = igmu(*args)
     assert result.returncode == 2, result.stderr
     assert "nothing answers there" in result.stderr and result.stderr.count("\n") == 1, result.stderr
-    assert time.monotonic() - started < 60  # it used to retry for minutes
+    assert time.monotonic() - started < 30  # it used to retry for minutes

@@ -203,7 +203,7 @@ def test_rayjob_entrypoint_runs_through_the_jobs_api_and_logs_to_an_mlflow_serve
     assert len(trials) == TRIALS and len({r.data.tags[TRIAL_TAG] for r in trials}) == TRIALS
     for run in trials:
         assert run.data.tags[PARENT_TAG] == parents[0].info.run_id and run.data.tags["status"] == "finished"
-        assert {"forgetting", "preservation", "efficiency_seconds"} <= set(run.data.metrics)
+        assert {"val_forgetting", "val_preservation", "efficiency_seconds"} <= set(run.data.metrics)
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}  # proxied by the server
         assert {"scorecard.json", "grid.png"} <= artifacts
     table = storage / "k8s-tiny" / "results.parquet"

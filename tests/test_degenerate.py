@@ -270,17 +270,19 @@ def test_the_trainable_reports_the_flag_and_the_table_carries_it():
     assert degeneracy_metrics(card) == {"degenerate": 1, "unrecognisable_share": 0.75}
     assert math.isnan(degeneracy_metrics({"degenerate": False, "unrecognisable_share": None})["unrecognisable_share"])
     row = trial_row("t1", "esd", {}, "finished", metrics, None)
-    assert row["degenerate"] is True and row["unrecognisable_share"] == 0.75
-    assert {"degenerate", "unrecognisable_share"} <= set(COLUMNS)
+    assert row["val_degenerate"] is True and row["val_unrecognisable_share"] == 0.75
+    assert row["test_degenerate"] is None and math.isnan(row["test_unrecognisable_share"])  # not re-scored yet
+    assert {f"{split}_{name}" for split in ("val", "test") for name in ("degenerate", "unrecognisable_share")} \
+        <= set(COLUMNS)
     older = trial_row("t2", "esd", {}, "finished", {"step": 10, "forgetting": 1.0}, None)
-    assert older["degenerate"] is False and math.isnan(older["unrecognisable_share"])
+    assert older["val_degenerate"] is False and math.isnan(older["val_unrecognisable_share"])
 
 
 def results_table(with_flag: bool = True) -> pd.DataFrame:
     rows = [{"trial_id": "broken", "algorithm": "esd", "forgetting": 1.0, "preservation": 0.95, "degenerate": True},
             {"trial_id": "good", "algorithm": "esd", "forgetting": 0.8, "preservation": 0.9, "degenerate": False},
             {"trial_id": "fine", "algorithm": "uce", "forgetting": 0.7, "preservation": 0.92, "degenerate": False}]
-    table = pd.DataFrame([{**row, "status": "finished", "early_stopped": False} for row in rows])
+    table = pd.DataFrame([{**row, "status": "finished", "early_stopped": False, "trial_seconds": 1.0} for row in rows])
     return table if with_flag else table.drop(columns="degenerate")
 
 
@@ -316,3 +318,36 @@ def test_pareto_and_compare_say_how_many_degenerate_trials_they_left_out(tmp_pat
     captured = capsys.readouterr()
     assert json.loads(captured.out)["degenerate_left_out"] == 1
     assert "left out 1 degenerate trial(s) (esd 1)" in captured.err
+
+
+def test_each_split_has_its_own_flag():
+    from igmu.analysis.frontier import compute_frontier
+    from igmu.sweep.results import split_view
+
+    rows = []
+    for name, (val_broken, test_broken) in {"a": (False, True), "b": (True, False), "c": (False, False)}.items():
+        rows.append({"trial_id": name, "algorithm": "esd", "status": "finished", "early_stopped": False,
+                     "trial_seconds": 1.0, "val_forgetting": 0.9, "val_preservation": 0.9, "test_forgetting": 0.8,
+                     "test_preservation": 0.8, "val_degenerate": val_broken, "test_degenerate": test_broken})
+    table = pd.DataFrame(rows)
+    assert set(compute_frontier(split_view(table, "validation")).scored["trial_id"]) == {"a", "c"}
+    assert set(compute_frontier(split_view(table, "test")).scored["trial_id"]) == {"b", "c"}
+
+
+def test_a_degenerate_defaults_run_is_marked_and_never_the_best():
+    from igmu.analysis.standing import TIED, mark_ties, standing_table, test_degenerate
+    from igmu.metrics.base import ASPECTS
+
+    def row(name: str, forgetting: float, interval: list[float], degenerate: bool) -> dict:
+        scores = {aspect: None for aspect in ASPECTS} | {"forgetting": forgetting}
+        intervals = {aspect: None for aspect in ASPECTS} | {"forgetting": interval}
+        return {"algorithm": name, "scores": scores, "intervals": intervals, "seconds": 1.0,
+                "degenerate": test_degenerate({"test_degenerate": degenerate})}
+
+    rows = mark_ties([row("broken", 1.0, [0.95, 1.0], True), row("good", 0.8, [0.7, 0.9], False),
+                      row("close", 0.75, [0.65, 0.85], False)])
+    assert [r["tied_with_best"]["forgetting"] for r in rows] == [False, False, True]  # best is "good"
+    _, body = standing_table(rows, tuned=False)
+    assert body[0][0] == "broken (degenerate)" and body[1][0] == "good"
+    assert body[2][1].endswith(TIED) and not body[0][1].endswith(TIED)
+    assert test_degenerate({}) is False and test_degenerate({"test_degenerate": float("nan")}) is False

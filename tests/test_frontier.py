@@ -372,6 +372,86 @@ def test_compare_json_leaderboard(store, capsys, tmp_path):
     assert board["uce"]["knee"]["trial_id"] in brute_force_front(rows, ["forgetting", "efficiency_seconds"])
 
 
+def _add_held_out_scores(store, name: str) -> pd.DataFrame:
+    """Give a stored sweep what its held-out stage writes: val_/test_ columns with 95% intervals on the
+    finished trials, and a defaults.parquet beside the table."""
+    rng = np.random.default_rng(5)
+    table = pd.read_parquet(store.root / name / "results.parquet")
+    for aspect in ASPECTS:
+        table[f"val_{aspect}"] = table.pop(aspect)
+        test = np.round(rng.uniform(0.3, 0.9, len(table)), 3)
+        width = np.round(rng.uniform(0.01, 0.2, len(table)), 3)
+        finished = (table["status"] == "finished").to_numpy()
+        table[f"test_{aspect}"] = np.where(finished, test, np.nan)
+        table[f"test_{aspect}_ci_low"] = np.where(finished, test - width, np.nan)
+        table[f"test_{aspect}_ci_high"] = np.where(finished, np.minimum(1.0, test + width), np.nan)
+    table.to_parquet(store.root / name / "results.parquet", index=False)
+    defaults = pd.DataFrame([{"algorithm": algorithm, "efficiency_seconds": seconds,
+                              **{f"test_{a}{end}": value + shift for a in ASPECTS
+                                 for end, shift in (("", 0.0), ("_ci_low", -0.05), ("_ci_high", 0.05))}}
+                             for algorithm, value, seconds in (("esd", 0.6, 40.0), ("uce", 0.62, 3.0))])
+    defaults.to_parquet(store.root / name / "defaults.parquet", index=False)
+    return table
+
+
+def _leave_one_out_best(rows: pd.DataFrame, objectives) -> str:
+    """The front member whose removal loses the most hypervolume, by brute force on the grid."""
+    front = rows[rows["trial_id"].isin(brute_force_front(rows, objectives))]
+    total = reference_hypervolume(front, objectives)
+    if len(front) == 1:
+        return front["trial_id"].iloc[0]
+    losses = [total - reference_hypervolume(front.drop(index=i), objectives) for i in front.index]
+    return front["trial_id"].iloc[int(np.argmax(losses))]
+
+
+def test_compare_defaults_and_tuned_tables_recomputed_from_parquet(store, capsys, tmp_path):
+    """Both held-out tables of `igmu compare`, recomputed from the Parquet files alone."""
+    stored = _add_held_out_scores(store, SWEEP)
+    out_dir = tmp_path / "report"
+    code, out, err = igmu(capsys, "compare", SWEEP, "--out", str(out_dir), "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    objectives = ["forgetting", "preservation"]
+    validation = stored.rename(columns={f"val_{a}": a for a in ASPECTS})
+    tuned = {row["algorithm"]: row for row in report["tuned"]}
+    for algorithm in ("esd", "uce"):
+        mine = stored[stored["algorithm"] == algorithm]
+        best = _leave_one_out_best(scored(validation[validation["algorithm"] == algorithm], objectives), objectives)
+        row = mine[mine["trial_id"] == best].iloc[0]
+        assert tuned[algorithm]["trial_id"] == best
+        for aspect in ASPECTS:
+            assert tuned[algorithm]["scores"][aspect] == pytest.approx(row[f"test_{aspect}"])
+            assert tuned[algorithm]["intervals"][aspect] == pytest.approx(
+                [row[f"test_{aspect}_ci_low"], row[f"test_{aspect}_ci_high"]])
+        assert tuned[algorithm]["trials"] == len(mine)
+        assert tuned[algorithm]["compute_seconds"] == pytest.approx(mine["trial_seconds"].sum())
+    for aspect in ASPECTS:
+        leader = max(tuned.values(), key=lambda r: r["scores"][aspect])
+        for row in tuned.values():
+            low, high = row["intervals"][aspect]
+            overlaps = row is not leader and low <= leader["intervals"][aspect][1] and leader["intervals"][aspect][0] <= high
+            assert row["tied_with_best"][aspect] == overlaps
+    defaults = {row["algorithm"]: row for row in report["defaults"]}
+    assert defaults["uce"]["scores"]["forgetting"] == pytest.approx(0.62) and defaults["esd"]["seconds"] == 40.0
+    # 0.60 [0.55, 0.65] against 0.62 [0.57, 0.67]: within each other's intervals
+    assert defaults["esd"]["tied_with_best"]["forgetting"] and not defaults["uce"]["tied_with_best"]["forgetting"]
+    markdown, page = (out_dir / "report.md").read_text(), (out_dir / "report.html").read_text()
+    for text in (markdown, page):
+        assert "Defaults (test split)" in text and "Tuned (test split)" in text
+    assert "0.620 [0.57, 0.67]" in markdown and "0.600 [0.55, 0.65] ~" in page
+    code, out, _ = igmu(capsys, "compare", SWEEP, "--out", str(out_dir))
+    assert code == 0 and "defaults (held-out test split" in out and "tuned (held-out test split" in out
+
+
+def test_pareto_ranks_the_test_split_on_request(store, capsys):
+    stored = _add_held_out_scores(store, SWEEP)
+    code, out, _ = igmu(capsys, "pareto", SWEEP, "--split", "test", "--json")
+    assert code == 0
+    test_view = stored.rename(columns={f"test_{a}": a for a in ASPECTS})
+    rows = scored(test_view, ["forgetting", "preservation"])
+    assert {e["trial_id"] for e in json.loads(out)["front"]} == brute_force_front(rows, ["forgetting", "preservation"])
+
+
 # --- bad input and the sweep summary --------------------------------------------------------------
 
 

@@ -199,10 +199,10 @@ def test_sweep_into_mlflow_then_pareto(ray_session, tmp_path, capsys):
     outcome = run_sweep(load_sweep(path), storage=str(tmp_path / "results"), verbose=0,
                         extra_settings={"budget_sizes": sizes})
     assert len(outcome.rows) == 2 and all(r["status"] == "finished" for r in outcome.rows)
-    assert all(0 <= r["forgetting"] <= 1 and 0 <= r["preservation"] <= 1 for r in outcome.rows)
+    assert all(0 <= r["val_forgetting"] <= 1 and 0 <= r["val_preservation"] <= 1 for r in outcome.rows)
     from mlflow.tracking import MlflowClient
     run = MlflowClient(outcome.tracking_uri).get_run(outcome.rows[0]["mlflow_run_id"])
-    assert {"forgetting", "preservation", "quality"} <= set(run.data.metrics)
+    assert {"val_forgetting", "val_preservation", "val_quality"} <= set(run.data.metrics)
     capsys.readouterr()
     code = main(["pareto", "i2i-tiny", "--objectives", "forgetting,preservation", "--json",
                  "--storage", str(tmp_path / "results")])

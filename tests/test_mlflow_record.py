@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from igmu.metrics.grid import GridSection, write_grid
-from igmu.sweep.provenance import GIT_COMMIT_TAG, LIBRARIES, VERSION_TAG, environment_tags
+from igmu.provenance import GIT_COMMIT_TAG, LIBRARIES, VERSION_TAG, environment_tags
 from igmu.sweep.tracking import EXPERIMENT_KIND_TAG, TRAINING_KIND, short_value, trial_run_name
 from igmu.sweep.ui import experiment_url, ui_server
 

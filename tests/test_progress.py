@@ -103,8 +103,10 @@ def test_the_scorecard_reports_each_aspect_it_judges(monkeypatch):
     result = SimpleNamespace(to_json=lambda: {"score": 1.0})
     specs = [SimpleNamespace(name=name, fn=lambda ctx: result) for name in ("forgetting", "preservation")]
     monkeypatch.setattr(scorecard_module, "metrics_for", lambda budget, context: specs)
+    monkeypatch.setattr(scorecard_module, "evaluation_record", lambda ctx, settings: {})  # not what this checks
     ctx = SimpleNamespace(budget=SimpleNamespace(name="small"), model=SimpleNamespace(source="m"), seed=0,
-                          target=SimpleNamespace(name="ball", category="object"), extra_blocks=dict)
+                          split="validation", target=SimpleNamespace(name="ball", category="object"),
+                          extra_blocks=dict)
     recorder = Recorder()
     with progress.installed(recorder):
         card = scorecard_module.scorecard(ctx)

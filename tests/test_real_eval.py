@@ -51,6 +51,11 @@ def test_eval_scores_all_five_aspects_per_category(capsys, tiny_sizes, tiny_sd_d
     assert list(card["aspects"]) == ["forgetting", "preservation", "quality", "alignment", "robustness"]
     for aspect, result in card["aspects"].items():
         assert 0.0 <= result["score"] <= 1.0, (aspect, result)
+        low, high = result["interval"]  # every aspect carries its 95% interval
+        assert 0.0 <= low <= high <= 1.0, (aspect, result)
+    forgetting = card["aspects"]["forgetting"]
+    if "residual_rate" in forgetting:  # a detector's rate: the exact interval, which holds the score
+        assert forgetting["interval"][0] <= forgetting["score"] <= forgetting["interval"][1]
     settings = card["settings"]
     assert settings["sampling"] == {"scheduler": "ddim", "steps": 2, "guidance": 7.5}
     assert settings["safety_checker"].startswith("off")
@@ -150,7 +155,7 @@ def test_a_tiny_sd_sweep_scores_keeps_weights_and_exports_a_stock_pipeline(
     finished = [r for r in runs if r.data.tags["status"] == "finished"]
     assert len(runs) == 3 and finished
     for run in finished:
-        assert set(ASPECTS) <= set(run.data.metrics), run.data.metrics
+        assert {f"val_{a}" for a in ASPECTS} <= set(run.data.metrics), run.data.metrics
         assert run.data.tags["igmu.weights"] == "logged"  # three trials: every finished one is front or top 3
 
     code, out, err = run_igmu(capsys, "pareto", "sd-tiny", "--storage", storage, "--tracking-uri",

@@ -222,7 +222,7 @@ def test_a_tiny_sd_sweep_with_served_judges_scores_every_finished_trial(ray_sess
     finished = [r for r in runs if r.data.tags["status"] == "finished"]
     assert len(runs) == 1 and finished
     for run in finished:
-        assert set(ASPECTS) <= set(run.data.metrics), run.data.metrics
+        assert {f"val_{a}" for a in ASPECTS} <= set(run.data.metrics), run.data.metrics
     (row,) = outcome.rows
     card = json.loads((outcome.sweep_dir / "trials" / row["trial_id"] / "scorecard.json").read_text())
     assert card["settings"]["judges"]["clip"] == str(tiny_clip_dir)

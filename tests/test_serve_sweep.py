@@ -86,5 +86,5 @@ def test_serve_judges_record_the_same_scores_as_local_judges(ray_session, tmp_pa
     assert local_row["status"] == served_row["status"] == "finished"
     assert served_card["aspects"] == local_card["aspects"]
     scores = {k: v for k, v in local_run.data.metrics.items() if not k.startswith("efficiency_")}
-    assert set(ASPECTS) | {"interim_forget_retain_hmean", "pre_asr"} <= set(scores)
+    assert {f"val_{a}" for a in ASPECTS} | {"interim_forget_retain_hmean", "val_pre_asr"} <= set(scores)
     assert {k: v for k, v in served_run.data.metrics.items() if not k.startswith("efficiency_")} == scores

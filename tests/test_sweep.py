@@ -15,6 +15,7 @@ from igmu.metrics.base import ASPECTS
 from igmu.sweep.engine import run_sweep
 from igmu.sweep.file import load_sweep
 from igmu.sweep.tracking import PARENT_TAG, TRIAL_TAG
+from igmu.world.concepts import get_concept
 
 # Real sweeps on Ray, or `igmu sweep` in a subprocess that loads torch.
 pytestmark = pytest.mark.slow
@@ -24,8 +25,11 @@ TINY_BUDGETS = {
     "full": {"forget": 6, "retain": 8, "related": 4, "paraphrase": 4, "attack_prompts": 2, "attack_steps": 2},
 }
 
+# The held-out stage's defaults run, shrunk like the budgets.
+TINY_DEFAULTS = {"esd": {"steps": 2, "ddim_steps": 4, "batch_size": 2}}
 
-def write_sweep(folder, name, samples=4, steps=6):
+
+def write_sweep(folder, name, samples=4, steps=6, defaults=False):
     path = folder / f"{name}.yaml"
     path.write_text(textwrap.dedent(f"""
         name: {name}
@@ -41,6 +45,7 @@ def write_sweep(folder, name, samples=4, steps=6):
         objectives: {{forgetting: max, preservation: max}}
         early_stop: {{scheduler: asha, grace_period: 1, reduction_factor: 2, eval_every: 2}}
         resources: {{cpu: 1}}
+        eval: {{defaults: {str(defaults).lower()}}}
     """))
     return path
 
@@ -48,9 +53,9 @@ def write_sweep(folder, name, samples=4, steps=6):
 @pytest.fixture(scope="module")
 def finished_sweep(ray_session, tmp_path_factory):
     folder = tmp_path_factory.mktemp("sweep")
-    config = load_sweep(write_sweep(folder, "esd-tiny", samples=6))
+    config = load_sweep(write_sweep(folder, "esd-tiny", samples=6, defaults=True))
     outcome = run_sweep(config, storage=str(folder / "results"), verbose=0,
-                        extra_settings={"budget_sizes": TINY_BUDGETS,
+                        extra_settings={"budget_sizes": TINY_BUDGETS, "defaults_overrides": TINY_DEFAULTS,
                                         "fail_once_marker": str(folder / "failed-once")})
     return outcome, folder
 
@@ -71,12 +76,13 @@ def test_every_trial_is_a_nested_mlflow_run_with_its_scores(finished_sweep):
         assert run.data.params["reference"] == "anchor"  # ESD's default for a sensitive target
         assert "interim_forget_retain_hmean" in run.data.metrics
         if run.data.tags["status"] == "finished":
-            assert set(ASPECTS) <= set(run.data.metrics) and "efficiency_seconds" in run.data.metrics
+            assert {f"val_{a}" for a in ASPECTS} <= set(run.data.metrics)
+            assert "efficiency_seconds" in run.data.metrics
             artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
             assert {"grid.png", "scorecard.json"} <= artifacts
         else:
             assert run.data.tags["status"] == "early_stopped" and run.data.tags["early_stopped"] == "true"
-            assert not set(ASPECTS) & set(run.data.metrics)
+            assert not {f"val_{a}" for a in ASPECTS} & set(run.data.metrics)
 
 
 def test_the_parquet_table_matches_mlflow(finished_sweep):
@@ -91,12 +97,12 @@ def test_the_parquet_table_matches_mlflow(finished_sweep):
         assert run.data.tags["status"] == row.status
         assert row.param_lr == pytest.approx(float(run.data.params["lr"]))
         assert row.param_reference == run.data.params["reference"] == "anchor"
-        assert 0.0 <= row.unrecognisable_share <= 1.0  # every trial judged recognisability
+        assert 0.0 <= row.val_unrecognisable_share <= 1.0  # every trial judged recognisability
         if row.status == "finished":
             for aspect in ASPECTS:
-                assert getattr(row, aspect) == pytest.approx(run.data.metrics[aspect])
-            assert row.degenerate == bool(run.data.metrics["degenerate"])
-            assert row.unrecognisable_share == pytest.approx(run.data.metrics["unrecognisable_share"])
+                assert getattr(row, f"val_{aspect}") == pytest.approx(run.data.metrics[f"val_{aspect}"])
+            assert row.val_degenerate == bool(run.data.metrics["val_degenerate"])
+            assert row.val_unrecognisable_share == pytest.approx(run.data.metrics["val_unrecognisable_share"])
     assert (table.status != "error").all()
 
 
@@ -150,3 +156,92 @@ def test_resume_after_killing_the_driver(tmp_path):
     kids = [r for r in runs if PARENT_TAG in r.data.tags]
     assert len(parents) == 1 and len(kids) == 3
     assert len({r.data.tags[TRIAL_TAG] for r in kids}) == 3
+
+
+def _manifests(folder):
+    return [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))]
+
+
+def test_no_trial_time_evaluation_touches_a_test_prompt_or_seed(finished_sweep):
+    """Every image the trials generated (interim and final scorecards) is of a validation prompt and
+    seed; every image of the held-out stage is of a test prompt and seed."""
+    from igmu.world.prompts import TEST_SEED_START, prompt_sets
+
+    outcome, _ = finished_sweep
+    texts = {}
+    for split in ("validation", "test"):
+        sets = prompt_sets("hazard", split)
+        removed = [p.without(get_concept("hazard")).text for p in sets.forget]
+        texts[split] = {t for names in sets.to_json().values() for t in names} | set(removed)
+    trial_images = _manifests(outcome.sweep_dir / "images")
+    held_out_images = _manifests(outcome.sweep_dir / "images-test")
+    assert trial_images and held_out_images
+    for made in trial_images:
+        assert set(made["prompts"]) <= texts["validation"] and not set(made["prompts"]) & texts["test"]
+        assert made["seed"] + len(made["prompts"]) <= TEST_SEED_START
+    for made in held_out_images:
+        assert set(made["prompts"]) <= texts["test"] and made["seed"] >= TEST_SEED_START
+
+
+def test_only_the_selected_trials_are_scored_on_the_test_split(finished_sweep):
+    from mlflow.tracking import MlflowClient
+
+    from igmu.sweep.results import kept_trials, split_view
+
+    outcome, _ = finished_sweep
+    table = pd.read_parquet(outcome.table)
+    selected = kept_trials(table.to_dict("records"), {"forgetting": "max", "preservation": "max"}, "front")
+    assert selected
+    rescored = {row.trial_id for row in table.itertuples() if pd.notna(row.test_forgetting)}
+    assert rescored == selected
+    cards = {p.parent.name for p in (outcome.sweep_dir / "trials").glob("*/test_scorecard.json")}
+    assert cards == {str(t) for t in selected}
+    # the held-out stage saw each selected model once: one evaluated model per trial, plus the
+    # original and the defaults run
+    models = {made["model"] for made in _manifests(outcome.sweep_dir / "images-test")}
+    assert len(models) == len(selected) + 2
+    client = MlflowClient(outcome.tracking_uri)
+    for run in children(client, outcome):
+        has_test = "test_forgetting" in run.data.metrics
+        assert has_test == (run.data.tags[TRIAL_TAG] in {str(t) for t in selected})
+        if has_test:
+            row = table[table.mlflow_run_id == run.info.run_id].iloc[0]
+            assert run.data.metrics["test_forgetting"] == pytest.approx(row.test_forgetting)
+    test_view = split_view(table, "test")
+    assert test_view.forgetting.notna().sum() == len(selected)
+    defaults = pd.read_parquet(outcome.sweep_dir / "defaults.parquet")
+    assert list(defaults.algorithm) == ["esd"] and defaults.test_forgetting.notna().all()
+    (run,) = children(client, outcome, role="defaults")
+    assert run.data.tags["algorithm"] == "esd" and run.info.run_id == defaults.mlflow_run_id.iloc[0]
+    assert run.data.metrics["test_forgetting"] == pytest.approx(defaults.test_forgetting.iloc[0])
+
+
+def test_eval_from_run_reproduces_a_trials_test_scores_exactly(finished_sweep):
+    from igmu.analysis.rescore import rescore_run
+
+    outcome, _ = finished_sweep
+    table = pd.read_parquet(outcome.table)
+    row = table[table.test_forgetting.notna()].iloc[0]
+    result = rescore_run(row.mlflow_run_id, tracking_uri=outcome.tracking_uri)
+    assert result["split"] == "test" and all(result["identical"].values())
+    assert set(result["identical"]) == set(ASPECTS)
+    rescored = result["rescored"]
+    assert rescored["aspects"]["forgetting"]["score"] == pytest.approx(row.test_forgetting, abs=0)
+    record = rescored["reproduce"]
+    assert record["split"] == "test" and record["threads"] == 1 and record["budget"]["forget"] == 6
+    assert {"torch", "igmu"} <= set(record["packages"]) and record["git_commit"]
+    validation = rescore_run(row.mlflow_run_id, split="validation", tracking_uri=outcome.tracking_uri)
+    assert validation["split"] == "validation" and all(validation["identical"].values())
+    assert validation["rescored"]["aspects"]["forgetting"]["score"] == row.val_forgetting
+
+
+def test_the_sweep_summary_reads_the_stored_rows(finished_sweep):
+    """The rows name scores per split (val_*, test_*): the printed front and best values still find them."""
+    from igmu.analysis.frontier import front_summary
+    from igmu.cli.sweeps import _sweep_summary
+
+    outcome, _ = finished_sweep
+    config = load_sweep(outcome.sweep_dir.parent.parent / "esd-tiny.yaml")
+    assert "hypervolume" in front_summary(outcome.rows, config.objectives)
+    summary = _sweep_summary(outcome, config)
+    assert "best forgetting" in summary and "held-out test split" in summary and " -> " in summary

@@ -93,7 +93,8 @@ def test_sweeps_folder_has_one_file_per_algorithm_and_a_base():
 def test_every_sweep_file_loads(path, tmp_path, tiny_sd_dir, tiny_clip_dir, monkeypatch):
     if read_yaml(path).get("model", "world") not in ("world", "base"):
         text = path.read_text(encoding="utf-8").replace(f"model: {read_yaml(path)['model']}", f"model: {tiny_sd_dir}")
-        text += f"eval:\n  clip_model: {tiny_clip_dir}\n"
+        clip = f"\n  clip_model: {tiny_clip_dir}"
+        text = text.replace("\neval:", "\neval:" + clip, 1) if "\neval:" in text else text + f"eval:{clip}\n"
         path = write(tmp_path, text.replace("base: base.yaml", f"base: {SWEEPS / 'base.yaml'}"), path.name)
     config = load_sweep(path)
     assert isinstance(config, SweepConfig)

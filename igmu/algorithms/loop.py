@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+import torch
+
 from igmu import progress
 from igmu.algorithms.base import Unlearner
 
@@ -37,6 +39,10 @@ def run_unlearning(unlearner: Unlearner, on_step: StepCallback | None = None, pr
 def _check_finite(unlearner: Unlearner, losses: dict) -> None:
     bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
     if bad:
+        # Measured on an H100 (docs/benchmarks.md): ESD's and SalUn's first steps on an SD 1.4-shape
+        # model are NaN with fp16 weights and finite with bf16, whose range is fp32's.
+        hint = (" or use --precision bf16 (fp16's narrow range overflows in training)"
+                if getattr(unlearner.generator, "dtype", None) == torch.float16 else "")
         raise FloatingPointError(f"{unlearner.name} step {unlearner.step_index}: non-finite loss {bad}; "
-                                 "lower the learning rate")
+                                 f"lower the learning rate{hint}")
 

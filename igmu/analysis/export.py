@@ -120,13 +120,13 @@ def download_weights(source: SweepSource, run_id, scratch: Path) -> Path | None:
         return None
 
 
-def rebuild(manifest: dict, changed_file: Path):
+def rebuild(manifest: dict, changed_file: Path, device: str = "cpu", precision: str = "fp32"):
     """The sweep's model, loaded as the kinds the trial's algorithm edits, with the trial's changes."""
     from safetensors.torch import load_file
 
     from igmu.run import apply_changed, load_model_for
 
-    generator = load_model_for(manifest["algorithm"], manifest["model"], device="cpu")
+    generator = load_model_for(manifest["algorithm"], manifest["model"], device=device, precision=precision)
     apply_changed(generator, load_file(str(changed_file)))
     return generator
 

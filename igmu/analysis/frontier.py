@@ -39,6 +39,7 @@ from igmu.sweep.results import (
     STATUSES,
     SweepSource,
     objective_directions,
+    split_view,
 )
 
 PARETO_TAG = "pareto"
@@ -217,24 +218,46 @@ def trial_scores(row: pd.Series, objectives: Sequence[str] = ()) -> dict:
 
 def frontier_json(frontier: Frontier) -> dict:
     """The `igmu pareto --json` document: objectives, front entries, hypervolume and knee trial id."""
+    ties = interval_ties(frontier)
     front = [{"trial_id": _plain(row["trial_id"]), "algorithm": _plain(row.get("algorithm")),
               "params": trial_params(row), "scores": trial_scores(row, frontier.objectives),
-              "early_stopped": bool(row["early_stopped"]), "degenerate": bool(row.get("degenerate", False))}
+              "early_stopped": bool(row["early_stopped"]), "degenerate": bool(row.get("degenerate", False)),
+              "within_intervals_of": ties.get(_plain(row["trial_id"]), [])}
              for _, row in frontier.front.iterrows()]
     return {"objectives": list(frontier.objectives), "directions": list(frontier.directions), "front": front,
             "hypervolume": frontier.hypervolume, "knee": frontier.knee_trial,
             "scored_trials": len(frontier.scored), "degenerate_left_out": frontier.degenerate_left_out}
 
 
+def interval_ties(frontier: Frontier) -> dict:
+    """Front trial id -> the other front members it cannot be told apart from: their 95% intervals
+    overlap on every objective (no entry for a front whose table carries no intervals)."""
+    front = frontier.front
+    columns = [(f"{name}_ci_low", f"{name}_ci_high") for name in frontier.objectives]
+    if any(low not in front.columns or high not in front.columns for low, high in columns):
+        return {}
+    bounds = {_plain(row["trial_id"]): [(row[low], row[high]) for low, high in columns] for _, row in front.iterrows()}
+
+    def overlap(a, b) -> bool:
+        return all(not _missing(x[0]) and not _missing(y[0]) and x[0] <= y[1] and y[0] <= x[1] for x, y in zip(a, b))
+
+    return {trial: [other for other in bounds if other != trial and overlap(bounds[trial], bounds[other])]
+            for trial in bounds}
+
+
 def front_rows(frontier: Frontier) -> tuple[list[str], list[list[str]]]:
     """Headers and text cells of the front (trial, algorithm, scores, note, hyperparameters), for any table format."""
     scores = score_names(frontier.objectives)
     knee = frontier.knee_trial
+    ties = interval_ties(frontier)
     rows = []
     for _, row in frontier.front.iterrows():
+        tied = ties.get(_plain(row["trial_id"]))
         notes = [note for note, applies in (("knee", _plain(row["trial_id"]) == knee),
                                             ("early-stopped", bool(row["early_stopped"])),
-                                            ("degenerate", bool(row.get("degenerate", False)))) if applies]
+                                            ("degenerate", bool(row.get("degenerate", False))),
+                                            (f"within CI of {', '.join(map(str, tied or []))}", bool(tied)))
+                 if applies]
         rows.append([str(row["trial_id"]), str(row.get("algorithm", "")),
                      *(format_number(row.get(name)) for name in scores), ", ".join(notes),
                      format_params(trial_params(row))])
@@ -259,6 +282,7 @@ def front_summary(table, objectives: Mapping[str, str] | Sequence[str] = DEFAULT
     """
     frame = table if isinstance(table, pd.DataFrame) else pd.DataFrame(list(table))
     try:
+        frame = split_view(frame, "validation")
         if frame.empty or any(column not in frame.columns for column in REQUIRED_COLUMNS):
             raise UsageError("no trials")
         return format_front_table(compute_frontier(frame, objectives, label="this sweep"))
@@ -448,12 +472,14 @@ def tag_front(client, parent_run_id: str, front_run_ids: Iterable[str],
     A front trial whose table row lacks its run id is matched by its `igmu.trial_id` tag.
     Returns (runs tagged true, runs tagged false).
     """
-    from igmu.sweep.tracking import TRIAL_TAG
+    from igmu.sweep.tracking import ROLE_TAG, TRIAL_TAG
 
     run_ids = {str(run_id) for run_id in front_run_ids}
     trial_ids = {str(trial_id) for trial_id in front_trial_ids}
     on, off = 0, 0
     for run in child_runs(client, parent_run_id):
+        if ROLE_TAG in run.data.tags:  # the defaults runs are no trials of the search
+            continue
         on_front = run.info.run_id in run_ids or run.data.tags.get(TRIAL_TAG) in trial_ids
         client.set_tag(run.info.run_id, PARETO_TAG, "true" if on_front else "false")
         on, off = on + on_front, off + (not on_front)

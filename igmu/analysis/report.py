@@ -32,6 +32,7 @@ from igmu.analysis.frontier import (
     trial_params,
     trial_scores,
 )
+from igmu.analysis.standing import TIED, defaults_rows, standing_table, tuned_rows
 from igmu.metrics.base import ASPECTS
 
 # matplotlib's tab10, so PNG and SVG colour an algorithm the same way.
@@ -372,12 +373,34 @@ def write_compare_report(results: Sequence[AlgorithmResult], sources: Sequence[S
     write_png(series, labels, title, out_dir / FRONTS_PNG)
     grids = _copy_knee_grids(results, out_dir)
     rows = leaderboard(results)
-    (out_dir / REPORT_MD).write_text(_markdown_report(rows, frontier, sweeps, grids), encoding="utf-8")
-    (out_dir / REPORT_HTML).write_text(_html_report(rows, frontier, sweeps, grids, svg_plot(series, labels, title)),
-                                       encoding="utf-8")
+    standings = {"defaults": defaults_rows(sources), "tuned": tuned_rows(results, sources)}
+    (out_dir / REPORT_MD).write_text(_markdown_report(rows, frontier, sweeps, grids, standings), encoding="utf-8")
+    (out_dir / REPORT_HTML).write_text(_html_report(rows, frontier, sweeps, grids, svg_plot(series, labels, title),
+                                                    standings), encoding="utf-8")
     return {"markdown": str(out_dir / REPORT_MD), "html": str(out_dir / REPORT_HTML),
             "fronts_png": str(out_dir / FRONTS_PNG), "grids": {k: str(out_dir / v) for k, v in grids.items()},
-            "leaderboard": rows}
+            "leaderboard": rows, **standings}
+
+
+# Why the two held-out tables exist, said once for the Markdown and the HTML report.
+STANDING_NOTE = (f"Both tables score the held-out test split, which no trial saw. {TIED} marks a score whose 95% "
+                 "interval overlaps the best score's in its table: the gap is within sampling noise.")
+DEFAULTS_NOTE = "Each algorithm run once at its published defaults (the sweep's defaults runs)."
+TUNED_NOTE = ("Each algorithm's front member (on validation scores) that adds most to its front's hypervolume, "
+              "with the trials the search spent on the algorithm and their seconds.")
+
+
+def standing_sections(standings: dict, heading, table, paragraph) -> list[str]:
+    """The defaults and tuned tables, in the report's format (Markdown or HTML helpers)."""
+    parts = [heading("Held-out test split: defaults beside tuned"), paragraph(STANDING_NOTE)]
+    for name, tuned, note in (("defaults", False, DEFAULTS_NOTE), ("tuned", True, TUNED_NOTE)):
+        parts.append(heading(f"{name.capitalize()} (test split)", 3))
+        if standings[name]:
+            parts += [paragraph(note), table(*standing_table(standings[name], tuned))]
+        else:
+            parts.append(paragraph("None: the sweeps ran no defaults runs (eval.defaults)." if name == "defaults"
+                                   else "None."))
+    return parts
 
 
 def _intro(frontier: Frontier, sweeps: str) -> str:
@@ -385,9 +408,12 @@ def _intro(frontier: Frontier, sweeps: str) -> str:
             "its own front; best values are over its front trials; the knee is its most balanced front trial.")
 
 
-def _markdown_report(rows: Sequence[dict], frontier: Frontier, sweeps: str, grids: dict[str, str]) -> str:
+def _markdown_report(rows: Sequence[dict], frontier: Frontier, sweeps: str, grids: dict[str, str],
+                     standings: dict) -> str:
+    held_out = standing_sections(standings, lambda text, level=2: "#" * level + f" {text}\n",
+                                 lambda h, b: markdown_table(h, b) + "\n", lambda text: text + "\n")
     lines = ["# Algorithm comparison", "", _intro(frontier, sweeps), "", "## Leaderboard", "",
-             markdown_table(*leaderboard_table(rows)), "", "## Knee points", "",
+             markdown_table(*leaderboard_table(rows)), "", *held_out, "## Knee points", "",
              markdown_table(*knee_table(rows)), "", "## Fronts", "", f"![Pareto fronts per algorithm]({FRONTS_PNG})",
              "", "## Knee-point image grids", ""]
     for row in rows:
@@ -399,9 +425,12 @@ def _markdown_report(rows: Sequence[dict], frontier: Frontier, sweeps: str, grid
     return "\n".join(lines)
 
 
-def _html_report(rows: Sequence[dict], frontier: Frontier, sweeps: str, grids: dict[str, str], svg: str) -> str:
+def _html_report(rows: Sequence[dict], frontier: Frontier, sweeps: str, grids: dict[str, str], svg: str,
+                 standings: dict) -> str:
+    held_out = standing_sections(standings, lambda text, level=2: f"<h{level}>{_esc(text)}</h{level}>",
+                                 html_table, lambda text: f"<p>{_esc(text)}</p>")
     parts = ["<h1>Algorithm comparison</h1>", f"<p>{_esc(_intro(frontier, sweeps))}</p>",
-             "<h2>Leaderboard</h2>", html_table(*leaderboard_table(rows)),
+             "<h2>Leaderboard</h2>", html_table(*leaderboard_table(rows)), *held_out,
              "<h2>Knee points</h2>", html_table(*knee_table(rows)),
              f'<h2>Fronts</h2>\n<p>Hover a point for its hyperparameters and scores (static image: '
              f'<a href="{FRONTS_PNG}">{FRONTS_PNG}</a>).</p>', svg, "<h2>Knee-point image grids</h2>"]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from igmu.cli.options import SPLITS, Choice
 from igmu.cli.output import emit, note
 
 DEFAULT_OBJECTIVES_TEXT = "forgetting,preservation"
@@ -27,10 +28,14 @@ DEGENERATE_HELP = ("Keep trials whose scorecard is degenerate (most images unrec
 @click.option("--json", "as_json", is_flag=True, help="Print the front as JSON instead of a table.")
 @click.option("--include-stopped", is_flag=True, help="Keep early-stopped trials that have scores (marked).")
 @click.option("--include-degenerate", is_flag=True, help=DEGENERATE_HELP + " Marked.")
+@click.option("--split", default="validation", show_default=True, type=Choice(SPLITS),
+              help="Scores to rank: validation (what the search saw; tags the MLflow runs) or test (the held-out "
+                   "re-scoring of the trials the sweep selected).")
 @click.option("--storage", default=None, help="Results root; default: $IGMU_RESULTS or ./igmu-results.")
 @click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
               help="MLflow tracking URI; default: $MLFLOW_TRACKING_URI, else SQLite under the results root.")
 def pareto_command(sweep: str, objectives: str, as_json: bool, include_stopped: bool, include_degenerate: bool,
+                   split: str,
                    storage: str | None, tracking_uri: str | None) -> None:
     """Pareto front of SWEEP (a sweep name, its MLflow parent run id or a results .parquet file).
 
@@ -48,12 +53,13 @@ def pareto_command(sweep: str, objectives: str, as_json: bool, include_stopped: 
 
     source = locate_sweep(sweep, storage, tracking_uri)
     chosen = choose_objectives(objectives, [source])
-    frontier = compute_frontier(load_sweep_table(source), chosen, include_stopped, label=f"sweep {source.label!r}",
-                                include_degenerate=include_degenerate)
+    frontier = compute_frontier(load_sweep_table(source, split), chosen, include_stopped,
+                                label=f"sweep {source.label!r}", include_degenerate=include_degenerate)
     emit(frontier_json(frontier), as_json, lambda _: click.echo(format_front_table(frontier, source.label)))
     if frontier.degenerate_left_out:
         note(left_out_note(frontier.degenerate_left_out))
-    message = record_sweep_front(source, frontier)
+    # The runs' pareto tags and the parent's plots say what the search found: the validation front.
+    message = record_sweep_front(source, frontier) if split == "validation" else None
     if message:
         note(message)
 
@@ -100,7 +106,13 @@ def compare_command(sweeps: tuple[str, ...], out: Path, objectives: str, include
     written = {**write_compare_report(results, sources, out), "degenerate_left_out": len(left_out)}
 
     def table(report):
+        from igmu.analysis.standing import TIED, standing_table
+
         click.echo(text_table(*leaderboard_table(report["leaderboard"])))
+        for name, tuned in (("defaults", False), ("tuned", True)):
+            if report[name]:
+                click.echo(f"\n{name} (held-out test split; {TIED}: within the best's 95% interval)")
+                click.echo(text_table(*standing_table(report[name], tuned)))
         click.echo(f"report: {report['markdown']}  {report['html']}")
 
     emit(written, as_json, table)

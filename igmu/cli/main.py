@@ -12,7 +12,7 @@ from igmu.cli.runs import algorithms_command, eval_command, run_command
 from igmu.cli.serve import serve_group
 from igmu.cli.sweeps import results_command, sweep_command, ui_command
 from igmu.cli.world import world
-from igmu.errors import UsageError
+from igmu.errors import RunFailed, UsageError
 
 
 @click.group()
@@ -29,12 +29,13 @@ for command in (world, eval_command, algorithms_command, run_command, sweep_comm
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: bad input becomes one line on stderr and exit code 2, never a traceback."""
+    """Entry point: bad input becomes one line on stderr and exit code 2, a run that failed as a whole
+    one line and exit code 1, never a traceback."""
     try:
         result = cli.main(args=argv, prog_name="igmu", standalone_mode=False)
-    except UsageError as err:
+    except (UsageError, RunFailed) as err:
         click.echo(f"igmu: error: {err}", err=True)
-        return UsageError.exit_code
+        return err.exit_code
     except click.exceptions.UsageError as err:
         click.echo(f"igmu: error: {err.format_message()}", err=True)
         return 2

@@ -15,8 +15,14 @@ from igmu.errors import UsageError
 @click.command("eval")
 @click.option("--model", default="base", show_default=True,
               help="'base' (the shipped world model), a model folder or a cached hub id (Stable Diffusion).")
-@click.option("--target", required=True, help="World concept, or for a real model the concept to score (free text).")
+@click.option("--target", default=None, help="World concept, or for a real model the concept to score (free text).")
 @budget_option("small (forgetting, preservation) or full (all five aspects).")
+@click.option("--from-run", "from_run", default=None, metavar="RUN_ID",
+              help="Score a sweep trial's logged model again with exactly the settings its scorecard recorded "
+                   "(the test split's when it was re-scored there; --split picks), and compare the scores.")
+@click.option("--storage", default=None, help="With --from-run: results root (default $IGMU_RESULTS or ./igmu-results).")
+@click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
+              help="With --from-run: MLflow tracking URI (default $MLFLOW_TRACKING_URI, else the results root's).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--grid", "grid_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Save a before/after image grid (PNG).")
@@ -27,10 +33,16 @@ from igmu.errors import UsageError
 @eval_options
 @model_options
 @quiet_option
-def eval_command(model: str, target: str, budget: str, seed: int, grid_path: Path | None, as_json: bool,
+def eval_command(model: str, target: str | None, budget: str, seed: int, from_run: str | None, storage: str | None,
+                 tracking_uri: str | None, grid_path: Path | None, as_json: bool,
                  original: str | None, precision: str, device: str | None, **options) -> None:
     """Score a generator on the five aspects for one target."""
     quiet_libraries()
+    if from_run:
+        return rescore_command(from_run, options, storage, tracking_uri, as_json)
+    if target is None:
+        raise UsageError("missing option --target; valid: a world concept or, for a real model, the concept to "
+                         "score (or --from-run RUN_ID to repeat a logged trial's evaluation)")
     from igmu.analysis.export import exported_from
     from igmu.metrics.scorecard import build_context, check_evaluation, format_table, scorecard
     from igmu.models.loader import check_local, kind_of, load
@@ -52,6 +64,22 @@ def eval_command(model: str, target: str, budget: str, seed: int, grid_path: Pat
 
         save_grid(ctx, grid_path)
     emit(card, as_json, lambda c: click.echo(format_table(c)))
+
+
+def rescore_command(run_id: str, options: dict, storage: str | None, tracking_uri: str | None,
+                    as_json: bool) -> None:
+    from igmu.analysis.rescore import rescore_run
+    from igmu.metrics.scorecard import format_table
+
+    given = options.get("split") if click.get_current_context().get_parameter_source("split").name != "DEFAULT" \
+        else None
+    result = rescore_run(run_id, split=given, storage=storage, tracking_uri=tracking_uri)
+    differing = [aspect for aspect, same in result["identical"].items() if not same]
+    emit(result, as_json, lambda r: click.echo(format_table(r["rescored"]) + "\n" + (
+        f"reproduced: every aspect identical to run {run_id}'s {r['split']} scorecard" if not differing else
+        f"NOT reproduced: {', '.join(differing)} differ from run {run_id}'s {r['split']} scorecard")))
+    if differing:
+        raise SystemExit(1)
 
 
 def _parse_sets(pairs: tuple[str, ...]) -> dict[str, str]:

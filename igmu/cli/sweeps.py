@@ -63,20 +63,38 @@ def _show_front(outcome, config, storage: str | None) -> None:
 
 
 def _sweep_summary(outcome, config) -> str:
-    from igmu.sweep.results import EARLY_STOPPED, ERROR, FINISHED, row_params
+    from igmu.sweep.results import EARLY_STOPPED, ERROR, FINISHED, row_params, split_column
 
     lines = [f"sweep {outcome.name}: {len(outcome.rows)} trials, "
              f"{sum(r['status'] == EARLY_STOPPED for r in outcome.rows)} stopped early, "
              f"{sum(r['status'] == ERROR for r in outcome.rows)} failed; results: {outcome.table}"]
     finished = [r for r in outcome.rows if r["status"] == FINISHED]
     for objective, mode in config.objectives.items():
-        scored = [r for r in finished if r.get(objective) == r.get(objective)]  # drop NaN
+        column = split_column(objective, "validation")
+        scored = [r for r in finished if r.get(column) == r.get(column)]  # drop NaN
         if scored:
-            best = (max if mode == "max" else min)(scored, key=lambda r: r[objective])
-            lines.append(f"  best {objective}: {best[objective]:.3f}  trial {best['trial_id']} ({best['algorithm']}) "
+            best = (max if mode == "max" else min)(scored, key=lambda r: r[column])
+            lines.append(f"  best {objective}: {best[column]:.3f}  trial {best['trial_id']} ({best['algorithm']}) "
                          f"{row_params(best)}")
+    lines += _held_out_lines(finished, config)
     lines.append(_ui_hint(outcome, config))
     return "\n".join(lines)
+
+
+def _held_out_lines(finished: list[dict], config) -> list[str]:
+    """Validation against held-out test scores of the re-scored trials, on the sweep's objectives."""
+    from igmu.sweep.results import TEST_PREFIX, split_column
+
+    aspects = [name for name in config.objectives if split_column(name, "test") != name]
+    rescored = [r for r in finished if any(r.get(TEST_PREFIX + a) == r.get(TEST_PREFIX + a) for a in aspects)]
+    if not rescored:
+        return []
+    lines = [f"  held-out test split, {len(rescored)} re-scored trial(s) (validation -> test):"]
+    for row in rescored:
+        pairs = ", ".join(f"{a} {row[split_column(a, 'validation')]:.3f} -> {row[TEST_PREFIX + a]:.3f}"
+                          for a in aspects)
+        lines.append(f"    trial {row['trial_id']}: {pairs}")
+    return lines
 
 
 def _ui_hint(outcome, config) -> str:
@@ -101,7 +119,7 @@ def results_command(sweep: str, fmt: str, storage: str | None, out: Path | None)
     """Export a sweep's results table (one row per trial) as Parquet, CSV or JSON."""
     from igmu.sweep.results import load_sweep_table, locate_sweep
 
-    table = load_sweep_table(locate_sweep(sweep, storage))
+    table = load_sweep_table(locate_sweep(sweep, storage), split=None)  # both splits' columns, as stored
     if fmt == "parquet":
         if out is None:
             raise UsageError("--format parquet needs --out FILE")

@@ -15,17 +15,24 @@ BUDGETS = ("small", "full")
 
 @dataclass
 class MetricResult:
-    """A score in [0, 1] (higher is better) plus the raw figures it came from."""
+    """A score in [0, 1] (higher is better) plus the raw figures it came from, and where the score's
+    sampling error can be measured, its 95% interval (igmu.metrics.intervals)."""
 
     score: float
     raw: dict = field(default_factory=dict)
+    interval: tuple[float, float] | None = None
 
     def __post_init__(self):
         if not (0.0 <= self.score <= 1.0) and not math.isnan(self.score):
             raise ValueError(f"metric score must lie in [0, 1], got {self.score}")
+        if math.isnan(self.score):
+            self.interval = None  # an undefined score has nothing to bound
+        if self.interval is not None and not (0.0 <= self.interval[0] <= self.interval[1] <= 1.0):
+            raise ValueError(f"metric interval must be [low, high] within [0, 1], got {self.interval}")
 
     def to_json(self) -> dict:
-        return {"score": round(float(self.score), 6), **self.raw}
+        bounds = {} if self.interval is None else {"interval": [round(float(end), 6) for end in self.interval]}
+        return {"score": round(float(self.score), 6), **bounds, **self.raw}
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ during a run never reads stale images, while the original model's images are sha
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -45,7 +46,9 @@ class ImageCache:
         (with optional per-prompt `guidances`)."""
         settings = {**generator.sampling_defaults, **{k: v for k, v in (("steps", steps), ("guidance", guidance))
                                                        if v is not None}}
-        key = self._key(generator, prompts, seed, settings, seeds, guidances)
+        # Hashing every weight is the costly part of a lookup: once per call, for the key and the manifest.
+        fingerprint = model_fingerprint(generator)
+        key = self._key(fingerprint, generator, prompts, seed, settings, seeds, guidances)
         if key in self._memory:
             self.hits += 1
             return self._memory[key]
@@ -58,14 +61,16 @@ class ImageCache:
                 images = generator.sample_seeded(prompts, seeds, steps=settings["steps"],
                                                  guidance=settings["guidance"], guidances=guidances)
             progress.count(GENERATED, len(prompts))
-            self._store(key, images)
+            self._store(key, images, {"model": fingerprint, "prompts": prompts, "seed": seed,
+                                      "seeds": seeds, "guidances": guidances, **settings,
+                                      "scheduler": generator.scheduler_name})
         self._memory[key] = images
         return images
 
-    def _key(self, generator: Generator, prompts: list[str], seed: int, settings: dict,
+    def _key(self, fingerprint: str, generator: Generator, prompts: list[str], seed: int, settings: dict,
              seeds: list[int] | None, guidances: list[float | None] | None) -> str:
         digest = hashlib.sha256()
-        digest.update(model_fingerprint(generator).encode())
+        digest.update(fingerprint.encode())
         digest.update("\x1f".join(prompts).encode())
         digest.update(f"{seed}|{settings['steps']}|{settings['guidance']}|{generator.scheduler_name}".encode())
         if seeds is not None:
@@ -79,12 +84,15 @@ class ImageCache:
 
         return load_file(str(self.folder / f"{key}.safetensors"))["images"]
 
-    def _store(self, key: str, images: torch.Tensor) -> None:
+    def _store(self, key: str, images: torch.Tensor, made_from: dict) -> None:
+        """Write the images and, beside them, what they were sampled from (so a cache folder can be
+        audited: which prompts and seeds an evaluation ever touched)."""
         if self.folder is None:
             return
         from safetensors.torch import save_file
 
         self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / f"{key}.json").write_text(json.dumps(made_from))
         partial = self.folder / f"{key}.tmp-{os.getpid()}"
         save_file({"images": images.contiguous()}, str(partial))
         os.replace(partial, self.folder / f"{key}.safetensors")  # atomic: concurrent trials never read half a file

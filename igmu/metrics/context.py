@@ -24,7 +24,7 @@ from igmu.models.kinds import GeneratorKind, kind_names
 from igmu.models.loader import ALL_KINDS
 from igmu.models.text_to_image import Generator, WorldTextToImage
 from igmu.world.concepts import CHARACTER_NAMES, OBJECT_NAMES, STYLE_NAMES, Concept, get_concept
-from igmu.world.prompts import PromptSpec, prompt_sets
+from igmu.world.prompts import SPLITS, PromptSpec, prompt_sets, split_seed
 
 # Reference images of the original model use another seed, so that the original model scored
 # against itself measures sampling noise, not an identical copy.
@@ -72,7 +72,7 @@ class EvalSettings:
     def real_model_options(self) -> list[str]:
         """Options given that only a real model's evaluation takes."""
         defaults = EvalSettings()
-        return [name for name in ("prompts", "split", "scheduler", "steps", "guidance", "batch_size", "judges",
+        return [name for name in ("prompts", "scheduler", "steps", "guidance", "batch_size", "judges",
                                   "clip_model") if getattr(self, name) != getattr(defaults, name)]
 
 
@@ -161,6 +161,21 @@ class WorldEvaluation:
         check_world_settings(concept, settings)
         return concept
 
+    def judges_record(self) -> dict:
+        from igmu.metrics.record import files_digest
+        from igmu.models.judges import world_judges_dir
+
+        return {"world_judges": files_digest(world_judges_dir())}
+
+    def sampler_record(self) -> dict:
+        sampling = getattr(self.model, "sampling_defaults", None)
+        return {**sampling, "scheduler": self.model.scheduler_name} if sampling else {}
+
+    @property
+    def image_seed(self) -> int:
+        """The seed the evaluated split's images start from: test-split seeds never meet validation ones."""
+        return split_seed(self.seed, self.split)
+
 
 @evaluates(WorldTextToImage)
 @dataclass
@@ -175,12 +190,13 @@ class EvalContext(WorldEvaluation):
     budget: Budget
     cache: ImageCache = field(default_factory=ImageCache)
     seed: int = 0
+    split: str = "validation"
     # The outcomes of every image set forgetting and robustness judged, by name: each set is judged
     # once, and the scorecard's degenerate check counts each image once.
     judged: dict[str, ImageOutcomes] = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
-        sets = prompt_sets(self.target.name)
+        sets = prompt_sets(self.target.name, self.split)
         self.prompt_specs: dict[str, list[PromptSpec]] = {
             "forget": spread(sets.forget, self.budget.forget),
             "retain": spread(sets.retain, self.budget.retain),
@@ -193,10 +209,11 @@ class EvalContext(WorldEvaluation):
     def build(cls, model: Generator, target: str, budget: Budget, original: Generator | None = None,
               judges: dict[str, Judge] | None = None, cache: ImageCache | None = None, seed: int = 0,
               settings: EvalSettings | None = None):
-        target = cls.world_target(model.kind, target, settings or EvalSettings())
+        settings = settings or EvalSettings()
+        target = cls.world_target(model.kind, target, settings)
         return cls(target=target, model=model, original=original or model.kind.load_shipped(str(model.device)),
                    judges=judges or cls.default_judges(model.device), budget=budget, cache=cache or ImageCache(),
-                   seed=seed)
+                   seed=seed, split=settings.split)
 
     def extra_blocks(self) -> dict:
         """Scorecard entries beyond the aspects."""
@@ -214,8 +231,8 @@ class EvalContext(WorldEvaluation):
         """Every prompt of the target's world prompt sets (the evaluation draws its budget from these)."""
         import igmu.world.prompts as world_prompts
 
-        sets = world_prompts.prompt_sets(get_concept(kind.normalise_target(target)).name)
-        tables = {name: [{"text": p.text, "kind": p.kind, "lang": p.lang, "object": p.object or "",
+        sets = world_prompts.prompt_sets(get_concept(kind.normalise_target(target)).name, settings.split)
+        tables = {name: [{"text": p.text, "split": p.split, "kind": p.kind, "lang": p.lang, "object": p.object or "",
                           "style": p.style or "", "character": p.character or "", "hazard": p.hazard}
                          for p in getattr(sets, name)] for name in GRID_ROWS}
         return EvaluationPrompts(tables, source=world_prompts.__file__)
@@ -225,8 +242,8 @@ class EvalContext(WorldEvaluation):
         `replica` 1 is a second, independent reference sample (the quality metric's noise floor)."""
         prompts = [p.text for p in self.prompt_specs[set_name]]
         if original:
-            return self.cache.images(self.original, prompts, self.seed + (1 + replica) * REFERENCE_SEED_OFFSET)
-        return self.cache.images(self.model, prompts, self.seed)
+            return self.cache.images(self.original, prompts, self.image_seed + (1 + replica) * REFERENCE_SEED_OFFSET)
+        return self.cache.images(self.model, prompts, self.image_seed)
 
     def target_present(self, images: torch.Tensor) -> torch.Tensor:
         """The target's detector: a bool per image."""
@@ -235,6 +252,11 @@ class EvalContext(WorldEvaluation):
     def attribute_hits(self, set_name: str, images: torch.Tensor, skip: tuple[str, ...] = ()) -> dict[str, list]:
         """Per judge, one bool per image whose prompt asks for that judge's attribute."""
         return attribute_hits(self.judges, self.prompt_specs[set_name], images, skip)
+
+    def attribute_checks(self, set_name: str, images: torch.Tensor,
+                         skip: tuple[str, ...] = ()) -> dict[str, list[tuple[int, bool]]]:
+        """`attribute_hits` with each check's image index (what a bootstrap over images resamples)."""
+        return attribute_checks(self.judges, self.prompt_specs[set_name], images, skip)
 
     def outcomes(self, set_name: str) -> ImageOutcomes:
         """What became of each of the evaluated model's images of a prompt set (see `image_outcomes`)."""
@@ -249,6 +271,8 @@ class EvalContext(WorldEvaluation):
 
 
 def check_world_settings(target: Concept, settings: EvalSettings) -> None:
+    if settings.split not in SPLITS:
+        raise UsageError(f"unknown split {settings.split!r}; valid: {', '.join(SPLITS)}")
     given = settings.real_model_options()
     if given:
         raise UsageError(f"{', '.join(given)}: the world model is evaluated on the world's own prompt sets, "
@@ -270,14 +294,26 @@ def target_detected(judges: dict[str, Judge], target: Concept, images: torch.Ten
 
 def attribute_hits(judges: dict[str, Judge], specs: list[PromptSpec], images: torch.Tensor,
                    skip: tuple[str, ...] = ()) -> dict[str, list]:
+    return hits_of(attribute_checks(judges, specs, images, skip))
+
+
+def attribute_checks(judges: dict[str, Judge], specs: list[PromptSpec], images: torch.Tensor,
+                     skip: tuple[str, ...] = ()) -> dict[str, list[tuple[int, bool]]]:
+    """Per judge, (image index, whether the judge finds what the prompt asks for) for each image whose
+    prompt asks for that judge's attribute."""
     predicted = {name: judge.predict(images)["probs"].argmax(-1).tolist() for name, judge in judges.items()
                  if name not in skip}
-    hits = {name: [] for name in predicted}
+    checks = {name: [] for name in predicted}
     for i, spec in enumerate(specs):
         for name, label in expected_labels(spec).items():
             if name in predicted and label is not None:
-                hits[name].append(predicted[name][i] == label)
-    return hits
+                checks[name].append((i, predicted[name][i] == label))
+    return checks
+
+
+def hits_of(checks: dict[str, list[tuple[int, bool]]]) -> dict[str, list]:
+    """Per judge, the checks' outcomes alone, in image order."""
+    return {name: [hit for _, hit in pairs] for name, pairs in checks.items()}
 
 
 def image_outcomes(judges: dict[str, Judge], target: Concept, specs: list[PromptSpec],

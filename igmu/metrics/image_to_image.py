@@ -31,7 +31,8 @@ from igmu.metrics.context import (
     target_detected,
 )
 from igmu.metrics.grid import GridSection
-from igmu.metrics.quality import relative_frechet
+from igmu.metrics.intervals import Interval, bootstrap_interval, weighted_mean
+from igmu.metrics.quality import Features, judge_features, relative_frechet_of, resampled_relative_frechet
 from igmu.models.image_to_image import MASK_TYPES, I2IGenerator, WorldImageToImage
 from igmu.models.judges import Judge
 from igmu.world.concept_images import concept_images
@@ -59,12 +60,15 @@ class I2IEvalContext(WorldEvaluation):
     judges: dict[str, Judge]
     budget: Budget
     seed: int = 0
+    split: str = "validation"
     _outputs: dict = field(default_factory=dict, repr=False)
     _figures: dict = field(default_factory=dict, repr=False)
+    _judge_features: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         sizes = {"forget": self.budget.forget, "retain": self.budget.retain}
-        self.real = {name: concept_images(self.target.name, name, sizes[name], self.seed + EVAL_SEED_OFFSET + i)
+        self.real = {name: concept_images(self.target.name, name, sizes[name],
+                                                   self.image_seed + EVAL_SEED_OFFSET + i)
                      for i, name in enumerate(SETS)}
         real = torch.cat(list(self.real.values()))
         self.centres = {name: judge.predict(real)["features"].mean(0) for name, judge in self.judges.items()}
@@ -74,9 +78,11 @@ class I2IEvalContext(WorldEvaluation):
               judges: dict[str, Judge] | None = None, cache=None, seed: int = 0,
               settings: EvalSettings | None = None):
         """`cache` is unused: outputs are memoised per context, renders are cheap."""
-        target = cls.world_target(model.kind, target, settings or EvalSettings())
+        settings = settings or EvalSettings()
+        target = cls.world_target(model.kind, target, settings)
         return cls(target=target, model=model, original=original or model.kind.load_shipped(str(model.device)),
-                   judges=judges or cls.default_judges(model.device), budget=budget, seed=seed)
+                   judges=judges or cls.default_judges(model.device), budget=budget, seed=seed,
+                   split=settings.split)
 
     def extra_blocks(self) -> dict:
         """The aspects an image-to-image generator cannot be scored on, and the embedding similarities."""
@@ -109,24 +115,44 @@ class I2IEvalContext(WorldEvaluation):
             self._figures[key] = compute()
         return self._figures[key]
 
+    def features(self, set_name: str, mask: str | None = None, original: bool = False) -> Features:
+        """Judge features of a set's real images (no mask) or of a generator's completions of them
+        masked, computed once per context: similarity, FD and their intervals all read them."""
+        key = (set_name, mask, original)
+        if key not in self._judge_features:
+            images = self.real[set_name] if mask is None else self.outputs(set_name, mask, original)
+            self._judge_features[key] = judge_features(self.judges, images)
+        return self._judge_features[key]
+
+    def cosines(self, set_name: str, original: bool = False) -> list[torch.Tensor]:
+        """Per judge and mask type, the centred cosine similarity of each generated image to its original."""
+        real = self.features(set_name)
+        return [F.cosine_similarity(self.features(set_name, mask, original)[name] - self.centres[name],
+                                    real[name] - self.centres[name], dim=1)
+                for name in self.judges for mask in MASK_TYPES]
+
+    def per_image_similarity(self, set_name: str, original: bool = False) -> torch.Tensor:
+        """Each image's similarity averaged over judges and masks: their mean over images is `similarity`."""
+        return torch.stack(self.cosines(set_name, original), dim=1).double().mean(1)
+
     def similarity(self, set_name: str, original: bool = False) -> float:
         """Mean centred cosine similarity of judge embeddings, generated vs original image."""
         return self._memo(("similarity", set_name, original), lambda: self._similarity(set_name, original))
 
     def _similarity(self, set_name: str, original: bool) -> float:
-        values = []
-        for name, judge in self.judges.items():
-            real = judge.predict(self.real[set_name])["features"] - self.centres[name]
-            for mask in MASK_TYPES:
-                made = judge.predict(self.outputs(set_name, mask, original))["features"] - self.centres[name]
-                values.append(float(F.cosine_similarity(made, real, dim=1).mean()))
+        values = [float(cosine.mean()) for cosine in self.cosines(set_name, original)]
         return sum(values) / len(values)
 
     def frechet(self, set_name: str, original: bool = False) -> float:
         """Relative FD (igmu.metrics.quality) of generated vs real images, averaged over masks."""
         return self._memo(("frechet", set_name, original), lambda: sum(
-            relative_frechet(self.judges, self.outputs(set_name, mask, original), self.real[set_name])
+            relative_frechet_of(self.features(set_name, mask, original), self.features(set_name))
             for mask in MASK_TYPES) / len(MASK_TYPES))
+
+    def resampled_frechet(self, set_name: str, counts: torch.Tensor, original: bool = False) -> torch.Tensor:
+        """`frechet` for each bootstrap resample of the set's real images (each with its completions)."""
+        return sum(resampled_relative_frechet(self.features(set_name, mask, original), self.features(set_name), counts)
+                   for mask in MASK_TYPES) / len(MASK_TYPES)
 
     def inception_score(self, set_name: str, original: bool = False) -> float:
         """exp(E_x KL(p(y|x) || p(y))) with the target category's judge as the classifier."""
@@ -162,6 +188,19 @@ def clamp01(value: float) -> float:
     return math.nan if math.isnan(value) else min(1.0, max(0.0, value))
 
 
+def similarity_ratio_interval(ctx: I2IEvalContext, set_name: str, score_of_ratio) -> Interval | None:
+    """Bootstrap over the set's real images, each with both generators' completions of it: the
+    similarity ratio of each resample, turned into the aspect's score by `score_of_ratio`."""
+    evaluated, original = ctx.per_image_similarity(set_name), ctx.per_image_similarity(set_name, original=True)
+
+    def statistic(counts):
+        reference = weighted_mean(counts, original)
+        ratios = torch.where(reference > 0, weighted_mean(counts, evaluated) / reference, torch.nan)
+        return score_of_ratio(ratios).clamp(0.0, 1.0)
+
+    return bootstrap_interval(statistic, (len(ctx.real[set_name]),))
+
+
 @register_metric("forgetting", scores=I2IEvalContext)
 def i2i_forgetting(ctx: I2IEvalContext) -> MetricResult:
     """Score = 1 - forget similarity / the original model's forget similarity (clamped to [0, 1]):
@@ -172,7 +211,8 @@ def i2i_forgetting(ctx: I2IEvalContext) -> MetricResult:
     return MetricResult(clamp01(1.0 - similarity_ratio), {
         "similarity_ratio": similarity_ratio, **figures,
         "target_rate": ctx.target_rate("forget"), "original_target_rate": ctx.target_rate("forget", True),
-        "n_images": len(ctx.real["forget"]) * len(MASK_TYPES)})
+        "n_images": len(ctx.real["forget"]) * len(MASK_TYPES)},
+        similarity_ratio_interval(ctx, "forget", lambda ratios: 1.0 - ratios))
 
 
 @register_metric("preservation", scores=I2IEvalContext)
@@ -181,7 +221,8 @@ def i2i_preservation(ctx: I2IEvalContext) -> MetricResult:
     figures = ctx.figures("retain")
     similarity_ratio = ratio(figures["retain_similarity"], figures["original_retain_similarity"])
     return MetricResult(clamp01(similarity_ratio), {"similarity_ratio": similarity_ratio, **figures,
-                                                    "n_images": len(ctx.real["retain"]) * len(MASK_TYPES)})
+                                                    "n_images": len(ctx.real["retain"]) * len(MASK_TYPES)},
+                        similarity_ratio_interval(ctx, "retain", lambda ratios: ratios))
 
 
 @register_metric("quality", scores=I2IEvalContext, budgets=("full",))
@@ -189,8 +230,15 @@ def i2i_quality(ctx: I2IEvalContext) -> MetricResult:
     """Score = exp(-max(0, retain FD - the original model's retain FD)): 1 when retain images are
     generated as faithfully as before, about 0.37 one reference spread worse."""
     fd, original_fd = ctx.frechet("retain"), ctx.frechet("retain", True)
+
+    def statistic(counts):  # real images resampled, each with both generators' completions of it
+        excess = ctx.resampled_frechet("retain", counts) - ctx.resampled_frechet("retain", counts, original=True)
+        return torch.exp(-excess.clamp(min=0))
+
     return MetricResult(math.exp(-max(0.0, fd - original_fd)), {"relative_fd_retain": fd,
-                                                                "original_relative_fd_retain": original_fd})
+                                                                "original_relative_fd_retain": original_fd,
+                                                                "n_images": len(ctx.real["retain"])},
+                        bootstrap_interval(statistic, (len(ctx.real["retain"]),)))
 
 
 def similarity_block(ctx: I2IEvalContext) -> dict:

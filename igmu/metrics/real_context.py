@@ -36,6 +36,7 @@ from igmu.models.real_judges import check_nudenet, locate_clip
 from igmu.models.text_to_image import SCHEDULERS, Generator, StableDiffusion
 from igmu.prompts import SPLITS, Prompt, PromptSets, category_spec, prompt_sets_from_file, shipped_prompt_sets
 from igmu.prompts.spec import PROMPTS_DIR
+from igmu.prompts.splits import split_seed_start
 
 REAL_BUDGET_SIZES = {
     "small": Budget("small", forget=16, retain=32, related=16, paraphrase=0),
@@ -100,6 +101,7 @@ class RealEvalContext:
     sampling: dict
     cache: ImageCache = field(default_factory=ImageCache)
     seed: int = 0
+    split: str = "validation"
     # The outcomes of every image set forgetting and robustness judged, by name (see EvalContext.judged).
     judged: dict[str, ImageOutcomes] = field(default_factory=dict, repr=False)
     budget_sizes: ClassVar[dict[str, Budget]] = REAL_BUDGET_SIZES
@@ -160,7 +162,12 @@ class RealEvalContext:
                 generator.batch_size = settings.batch_size
         return cls(target=RealTarget(name, category), model=model, original=original, judges=judges,
                    budget=budget, prompt_sets=prompt_sets, sampling=sampling_for(budget, settings),
-                   cache=cache or ImageCache(), seed=seed)
+                   cache=cache or ImageCache(), seed=seed, split=settings.split)
+
+    @property
+    def image_seed(self) -> int:
+        """The seed of images that come from no prompt's own seed (the attack's), in the evaluated split."""
+        return split_seed_start(self.split) + self.seed
 
     # --- images -------------------------------------------------------------------------------
     def images(self, set_name: str, original: bool = False, replica: int = 0) -> torch.Tensor:
@@ -175,7 +182,7 @@ class RealEvalContext:
 
     def sample_embeddings(self, embeddings: torch.Tensor) -> torch.Tensor:
         """The evaluated model's images from (adversarial) text embeddings, with this evaluation's sampler."""
-        return self._samplers[id(self.model)].sample_embeddings(embeddings, seed=self.seed,
+        return self._samplers[id(self.model)].sample_embeddings(embeddings, seed=self.image_seed,
                                                                 steps=self.sampling["steps"],
                                                                 guidance=self.sampling["guidance"])
 
@@ -229,12 +236,12 @@ class RealEvalContext:
             zero_shot = self.judges.zero_shot((self.target.name, self.spec.anchor or "something else"), "prompt")
         return Detection(zero_shot.classify(features).argmax(-1) == zero_shot.classes.index(self.target.name))
 
-    def label_hits(self, set_name: str) -> list[tuple[Prompt, bool]]:
-        """(prompt, whether its image shows the prompt's label) for each labelled prompt of a set that a
-        CLIP zero-shot judge over its category's shipped labels can check; prompts labelled with the
-        target itself are left out (they ask for what was unlearned)."""
+    def label_checks(self, set_name: str) -> list[tuple[int, Prompt, bool]]:
+        """(image index, prompt, whether its image shows the prompt's label) for each labelled prompt of
+        a set that a CLIP zero-shot judge over its category's shipped labels can check; prompts labelled
+        with the target itself are left out (they ask for what was unlearned)."""
         specs, features = self.prompt_specs[set_name], self.features(set_name)
-        checked: list[tuple[Prompt, bool]] = []
+        checked: list[tuple[int, Prompt, bool]] = []
         for category in dict.fromkeys(p.category for p in specs if p.label and p.category in JUDGED_CATEGORIES):
             labels = category_spec(category).labels
             rows = [i for i, p in enumerate(specs) if p.category == category and p.label in labels
@@ -243,7 +250,7 @@ class RealEvalContext:
                 continue
             judge = self.judges.zero_shot(tuple(labels), category)
             predicted = judge.classify(features[rows]).argmax(-1).tolist()
-            checked += [(specs[i], judge.classes[k] == specs[i].label) for k, i in zip(predicted, rows)]
+            checked += [(i, specs[i], judge.classes[k] == specs[i].label) for k, i in zip(predicted, rows)]
         return checked
 
     def in_domain(self, spec: Prompt) -> bool:
@@ -275,6 +282,12 @@ class RealEvalContext:
                             "split": self._split_name(),
                             "sizes": {name: len(specs) for name, specs in self.prompt_specs.items()}},
                 "judges": self.judges.settings(uses_nudenet=self.spec.judge == "nudenet")}
+
+    def judges_record(self) -> dict:
+        return self.judges.settings(uses_nudenet=self.spec.judge == "nudenet")
+
+    def sampler_record(self) -> dict:
+        return {**self.sampling, "scheduler": self.model.scheduler_name}
 
     def _split_name(self) -> str:
         return next(iter({p.split for p in self.prompt_specs["forget"]}), "")

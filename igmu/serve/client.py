@@ -68,14 +68,25 @@ class JudgeClient(Protocol):
     def predict(self, judge: str, images: np.ndarray) -> dict[str, np.ndarray]: ...
 
 
+def deployment_handle(app_name: str):
+    """The application's deployment handle, through a live Serve controller."""
+    from ray import serve
+    from ray.serve import context
+
+    # A Ray process keeps the Serve controller it first talked to, and the handles it got from it, for
+    # the whole job. After Serve was shut down and started again (a new controller), those are dead and
+    # every request through them fails as "deployment unavailable". Checking the kept controller drops it
+    # when dead, so the lookup below finds the new one. Ray (pinned in pyproject.toml) has no public call.
+    context._check_cached_client_alive()
+    return serve.get_deployment_handle(DEPLOYMENTS[app_name], app_name=app_name)
+
+
 class HandleJudgeClient:
     """Calls an application's deployment (JudgeScorer unless `app_name` names another) through a
     DeploymentHandle, looked up by name, never pickled."""
 
     def __init__(self, app_name: str = APP_NAME, policy: RetryPolicy = RetryPolicy(), timeout_s: float = 300.0):
-        from ray import serve
-
-        self.handle = serve.get_deployment_handle(DEPLOYMENTS[app_name], app_name=app_name)
+        self.handle = deployment_handle(app_name)
         self.policy = policy
         self.timeout_s = timeout_s
         self.retries = 0

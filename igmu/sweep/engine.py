@@ -8,18 +8,20 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from igmu.errors import UsageError
+from igmu.errors import RunFailed, UsageError
 from igmu.metrics.context import BUDGET_SIZES_ENV
 from igmu.sweep.file import GRID_SAMPLER, Distribution, SweepConfig, check_resources, eval_settings
 from igmu.sweep.results import (
     EARLY_STOPPED,
     ERROR,
     FINISHED,
+    NODE,
     STATE_FILE,
     SWEEP_TAG,
     TABLE_FILE,
@@ -180,12 +182,28 @@ def init_ray(address: str | None) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         check_ray_address(address)
-        ray.init(address=address)
+        # WARNING while connecting: Ray's "Connecting to existing Ray cluster" lines would come before
+        # any one-line refusal (a GPU request the cluster cannot meet); INFO again after, for Tune.
+        ray.init(address=address, logging_level=logging.WARNING)
+        logging.getLogger("ray").setLevel(logging.INFO)
     else:
         # "local" always starts a fresh Ray: a bare ray.init() would silently join any
         # `ray start` cluster left running on this machine.
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
                  log_to_driver=False)
+
+
+def local_gpus() -> int:
+    """GPUs a new local Ray would find here (both honour CUDA_VISIBLE_DEVICES)."""
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def last_line(error: BaseException, limit: int = 300) -> str:
+    """A trial's error in one line: the last line of its (remote) traceback, the exception itself."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return (lines[-1] if lines else type(error).__name__)[:limit]
 
 
 def gpu_capacity() -> float:
@@ -227,6 +245,9 @@ def run_sweep(config: SweepConfig, *, address: str | None = None, storage: str |
     root = results_root(storage)
     sweep_dir = root / config.name
     uri = resolve_tracking_uri(tracking_uri, config.tracking.uri, root)
+    if not (address or os.environ.get("RAY_ADDRESS")):
+        # A new local Ray gets this machine's GPUs: refuse a request they cannot meet before starting it.
+        check_resources(config, available_gpus=local_gpus())
     init_ray(address)
     check_resources(config, available_gpus=gpu_capacity())
     client = MlflowClient(uri)
@@ -258,13 +279,35 @@ def run_sweep(config: SweepConfig, *, address: str | None = None, storage: str |
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
     with judges_service(config.eval.judges, config), driver_system_metrics(uri, parent, resume):
         grid = tuner.fit()
-    rows = result_rows(grid, MlflowClient(uri), experiment_id, parent)
+        rows = result_rows(grid, MlflowClient(uri), experiment_id, parent)
+        errors = [result.error for result in grid if result.error]
+        held_out_stage(config, rows, space[SETTINGS_KEY], client, experiment_id, parent, tracker.tags)
     table = write_table(rows, sweep_dir / TABLE_FILE)
     # Only now is the front known, so only now can the retention policy pick whose weights to keep.
     record_weights(client, parent, rows, kept_trials(rows, config.objectives, config.tracking.keep_weights),
                    sweep_dir / TRIALS_DIR, config.tracking.keep_weights)
+    if rows and all(row["status"] == ERROR for row in rows):
+        finish_parent(client, parent, "FAILED")
+        raise RunFailed(f"sweep {config.name}: all {len(rows)} trials failed; first error: "
+                        f"{last_line(errors[0]) if errors else 'unknown'}; results: {table}")
     finish_parent(client, parent)
     return SweepOutcome(config.name, sweep_dir, table, uri, parent, rows, experiment_id)
+
+
+def held_out_stage(config: SweepConfig, rows: list[dict], settings: dict, client, experiment_id: str,
+                   parent: str, tags: dict) -> None:
+    """Re-score the selected trials on the test split and run each algorithm at its defaults (see
+    `igmu.sweep.held_out`), recording both in MLflow and beside the results table."""
+    from igmu.sweep.held_out import DEFAULTS_DIR, TEST_SCORECARD, run_held_out, write_defaults
+    from igmu.sweep.tracking import record_defaults, record_test_scores
+
+    selected = kept_trials(rows, config.objectives, config.eval.held_out)
+    resources = {"cpu": config.resources.cpu, "gpu": config.resources.gpu}
+    cards = run_held_out(rows, selected, settings, list(config.algorithms), resources, config.eval.defaults)
+    sweep_dir = Path(settings["out_dir"]).parent
+    record_test_scores(client, rows, sweep_dir / TRIALS_DIR, TEST_SCORECARD)
+    run_ids = record_defaults(client, experiment_id, parent, cards, sweep_dir / DEFAULTS_DIR, tags)
+    write_defaults(cards, sweep_dir, run_ids)
 
 
 def searched_params(config: SweepConfig) -> dict[str, list[str]]:
@@ -304,7 +347,7 @@ def result_rows(grid, client, experiment_id: str, parent_run_id: str) -> list[di
     from igmu.run import resolved_params
     from igmu.sweep.space import trial_params
     from igmu.sweep.tracking import PARENT_TAG, TRIAL_TAG
-    from igmu.sweep.trainable import FINAL, SETTINGS_KEY
+    from igmu.sweep.trainable import ENVIRONMENT, FINAL, SETTINGS_KEY
 
     runs = {r.data.tags.get(TRIAL_TAG): r for r in client.search_runs(
         [experiment_id], f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=10_000)}
@@ -317,5 +360,5 @@ def result_rows(grid, client, experiment_id: str, parent_run_id: str) -> list[di
         run = runs.get(metrics.get("trial_id"))
         status = ERROR if result.error else (FINISHED if metrics.get(FINAL) else EARLY_STOPPED)
         rows.append(trial_row(metrics.get("trial_id"), algorithm, params, status, metrics,
-                              run.info.run_id if run else None))
+                              run.info.run_id if run else None, (metrics.get(ENVIRONMENT) or {}).get(NODE)))
     return rows

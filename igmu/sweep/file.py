@@ -51,7 +51,7 @@ from igmu.config_file import (
 from igmu.errors import UsageError
 from igmu.metrics.base import ASPECTS, BUDGETS
 from igmu.models.kinds import SHIPPED_MODEL_NAMES
-from igmu.models.loader import kind_of
+from igmu.models.loader import check_local, kind_of
 from igmu.models.text_to_image import SCHEDULERS
 from igmu.sweep.results import DEFAULT_OBJECTIVES, DIRECTIONS, HMEAN, KEEP_FRONT, KEEP_WEIGHTS, OBJECTIVE_NAMES
 from igmu.world.concepts import ALL_CONCEPTS
@@ -141,6 +141,13 @@ class EvalConfig:
     judge_config: Text | None = Field(None, description="judges YAML (NudeNet threshold and classes, CLIP model), "
                                                         "relative to this file")
     clip_model: Text | None = Field(None, description="CLIP judge: hub id in the local cache or a local folder")
+    # What happens once the search is over (trials themselves only ever see the validation split):
+    held_out: Literal[KEEP_WEIGHTS] = Field(KEEP_FRONT, description="trials re-scored once on the held-out test "
+                                            "split when the search ends: front (the Pareto front on the "
+                                            "objectives plus the 3 best on the first), all finished trials, "
+                                            "or none")
+    defaults: Flag = Field(False, description="also run each algorithm once at its published defaults and score "
+                                              "it on the test split, for igmu compare's defaults table")
 
 
 @_section
@@ -368,6 +375,7 @@ def check_target(file: SweepFile, where: Mapping[str, Location], root: Location)
     kinds = kinds_edited_by(algorithm_names(file))
     try:
         kind = kind_of(file.model, kinds)
+        check_local(file.model)  # a hub id must be cached: trials load it offline, and would all fail
     except UsageError as err:
         raise fail(where.get("model", root), ("model",), str(err)) from None
     try:

@@ -10,7 +10,9 @@ Layout of a sweep's outputs, under the results root (`--storage`, `IGMU_RESULTS`
     <root>/<sweep>/trials/<id>/      each finished trial's scorecard.json and grid.png
     <root>/<sweep>/trials/<id>/weights/  its changed tensors (changed.safetensors) and manifest.json,
                                      while `tracking.keep_weights` keeps them (see `kept_trials`)
-    <root>/<sweep>/results.parquet   one row per trial
+    <root>/<sweep>/results.parquet   one row per trial: validation scores (val_*) and, for the trials
+                                     re-scored when the sweep ended, held-out test scores (test_*)
+    <root>/<sweep>/defaults.parquet  one row per algorithm at its published defaults, test split
     <root>/<sweep>/images/           original-model images shared by every trial
 """
 
@@ -57,9 +59,30 @@ DEGENERATE = "degenerate"
 UNRECOGNISABLE_SHARE = "unrecognisable_share"
 
 PARAM_PREFIX = "param_"
-# Columns every row has, in order; each hyperparameter adds a PARAM_PREFIX column after `algorithm`.
-COLUMNS = ("trial_id", "algorithm", "status", "early_stopped", "steps", *ASPECTS, HMEAN, DEGENERATE,
-           UNRECOGNISABLE_SHARE, EFFICIENCY_OBJECTIVE, "trial_seconds", "mlflow_run_id")
+# Aspect scores are stored per prompt split, named apart: what the search saw (validation) and what a
+# held-out re-scoring measured (test). Analysis reads one split at a time through `split_view`.
+SPLIT_PREFIXES = {"validation": "val_", "test": "test_"}
+VAL_PREFIX, TEST_PREFIX = SPLIT_PREFIXES["validation"], SPLIT_PREFIXES["test"]
+
+
+def interval_keys(aspect: str) -> tuple[str, str]:
+    """The report keys and table columns of an aspect's 95% interval: (low end, high end)."""
+    return f"{aspect}_ci_low", f"{aspect}_ci_high"
+
+
+INTERVAL_COLUMNS = tuple(key for aspect in ASPECTS for key in interval_keys(aspect))
+# What each split's scorecard says of a trial: its scores with their 95% intervals, and its degenerate
+# flag with the unrecognisable share (tables written before intervals or the flag existed lack those
+# columns; readers must not require them).
+SPLIT_FIGURES = (*ASPECTS, *INTERVAL_COLUMNS, DEGENERATE, UNRECOGNISABLE_SHARE)
+# Columns every row has, in order: each split's figures. Each hyperparameter adds a PARAM_PREFIX column
+# after `algorithm`.
+COLUMNS = ("trial_id", "algorithm", "status", "early_stopped", "steps",
+           *(prefix + key for prefix in (VAL_PREFIX, TEST_PREFIX) for key in SPLIT_FIGURES),
+           HMEAN, EFFICIENCY_OBJECTIVE, "trial_seconds", "node", "mlflow_run_id")
+# The column (and MLflow run tag) naming the Ray node a trial last ran on: a retried trial may move.
+NODE = "node"
+DEFAULTS_FILE = "defaults.parquet"
 REQUIRED_COLUMNS = ("trial_id", "status")
 # The tag on a sweep's MLflow parent run that names the sweep (and so its folder under the results root).
 SWEEP_TAG = "igmu.sweep"
@@ -81,23 +104,32 @@ KEEP_TOP = 3
 RUN_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 
 
-def trial_row(trial_id, algorithm: str, params: Mapping, status: str, metrics: Mapping, run_id: str | None) -> dict:
+def trial_row(trial_id, algorithm: str, params: Mapping, status: str, metrics: Mapping, run_id: str | None,
+              node: str | None = None) -> dict:
     """One row of the table from a trial's last reported metrics. Aspect scores count only from the
-    final scorecard: an early-stopped trial's were measured on the interim budget. The degenerate flag
-    is the last scorecard's, interim or final: a broken model is broken at either budget."""
+    final scorecard: an early-stopped trial's were measured on the interim budget. An aspect without an
+    interval (not measured, or no honest one) has NaN ends. The degenerate flag is the last
+    scorecard's, interim or final: a broken model is broken at either budget."""
     if status not in STATUSES:
         raise ValueError(f"unknown trial status {status!r}; valid: {', '.join(STATUSES)}")
     final = status == FINISHED
-    return {"trial_id": trial_id, "algorithm": algorithm,
-            **{f"{PARAM_PREFIX}{k}": (str(v) if isinstance(v, str) else v) for k, v in params.items()},
+    return {"trial_id": trial_id, "algorithm": algorithm, **param_columns(params),
             "status": status, "early_stopped": status == EARLY_STOPPED, "steps": metrics.get("step"),
-            **{aspect: (float(metrics[aspect]) if final and aspect in metrics else math.nan) for aspect in ASPECTS},
+            **{VAL_PREFIX + key: (float(metrics[key]) if final and key in metrics else math.nan)
+               for key in (*ASPECTS, *INTERVAL_COLUMNS)},
+            VAL_PREFIX + DEGENERATE: bool(metrics.get(DEGENERATE, False)),
+            VAL_PREFIX + UNRECOGNISABLE_SHARE: metrics.get(UNRECOGNISABLE_SHARE, math.nan),
+            **{TEST_PREFIX + key: math.nan for key in (*ASPECTS, *INTERVAL_COLUMNS, UNRECOGNISABLE_SHARE)},
+            TEST_PREFIX + DEGENERATE: None,
             HMEAN: metrics.get(HMEAN, math.nan),
-            DEGENERATE: bool(metrics.get(DEGENERATE, False)),
-            UNRECOGNISABLE_SHARE: metrics.get(UNRECOGNISABLE_SHARE, math.nan),
             EFFICIENCY_OBJECTIVE: metrics.get(EFFICIENCY_OBJECTIVE, math.nan),
-            "trial_seconds": metrics.get("time_total_s", math.nan),
+            "trial_seconds": metrics.get("time_total_s", math.nan), NODE: node,
             "mlflow_run_id": run_id}
+
+
+def param_columns(params: Mapping) -> dict:
+    """Hyperparameters as PARAM_PREFIX columns of a table row."""
+    return {f"{PARAM_PREFIX}{k}": (str(v) if isinstance(v, str) else v) for k, v in params.items()}
 
 
 def kept_trials(rows: Iterable[Mapping], objectives: Mapping[str, str], policy: str) -> set:
@@ -115,12 +147,35 @@ def kept_trials(rows: Iterable[Mapping], objectives: Mapping[str, str], policy: 
     if not finished:
         return set()
     names, directions = list(objectives), list(objectives.values())
-    points = np.array([[_as_float(row.get(name)) for name in names] for row in finished], dtype=float)
+    points = np.array([[_as_float(row.get(split_column(name, "validation"))) for name in names] for row in finished],
+                      dtype=float)
     front = non_dominated(points, directions)
     first = points[:, 0] * (-1.0 if directions[0] == MAXIMISE else 1.0)
     scored = [i for i in np.argsort(first, kind="stable") if math.isfinite(first[i])]
     keep = set(np.flatnonzero(front)) | set(scored[:KEEP_TOP])
     return {finished[i]["trial_id"] for i in sorted(keep)}
+
+
+def split_column(name: str, split: str) -> str:
+    """The table column of score `name` in `split` (aspects are stored per split, other figures once)."""
+    return SPLIT_PREFIXES[split] + name if name in ASPECTS else name
+
+
+def split_view(table, split: str = "validation", label: str = "this table"):
+    """The table with each aspect's column holding `split`'s scores, as analysis reads them. A table
+    written before scores were named per split holds validation scores under the bare names."""
+    prefix = SPLIT_PREFIXES[split]
+    stored = [column for column in table.columns if column.startswith(prefix) and
+              column[len(prefix):].split("_ci_")[0] in SPLIT_FIGURES]
+    if not stored:
+        if split == "validation":
+            return table
+        raise UsageError(f"{label} has no {split} scores (the sweep ended before held-out scoring existed, or "
+                         f"re-scored no trial); valid: --split validation")
+    view = table.drop(columns=[c for c in table.columns if any(c.startswith(p) for p in SPLIT_PREFIXES.values())])
+    for column in stored:
+        view[column[len(prefix):]] = table[column]
+    return view
 
 
 def _as_float(value) -> float:
@@ -330,8 +385,9 @@ def distinct_sources(sources: Iterable[SweepSource]) -> list[SweepSource]:
     return distinct
 
 
-def load_sweep_table(source: SweepSource):
-    """Read the results table, turning unreadable files and foreign tables into one-line errors."""
+def load_sweep_table(source: SweepSource, split: str | None = "validation"):
+    """Read the results table, with `split`'s scores under the aspect names (see `split_view`; None:
+    the columns as stored), turning unreadable files and foreign tables into one-line errors."""
     import pandas as pd
 
     try:
@@ -341,4 +397,4 @@ def load_sweep_table(source: SweepSource):
     missing = [column for column in REQUIRED_COLUMNS if column not in table.columns]
     if missing:
         raise UsageError(f"{source.table_path} is not an igmu results table: no column {missing[0]!r}")
-    return table
+    return table if split is None else split_view(table, split, label=f"sweep {source.label!r}")

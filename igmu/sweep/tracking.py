@@ -18,15 +18,20 @@ from pathlib import Path
 from ray.tune import Callback
 
 from igmu.metrics.base import ASPECTS
-from igmu.sweep.provenance import environment_tags
+from igmu.provenance import environment_tags
 from igmu.sweep.results import (
     DEGENERATE,
     EARLY_STOPPED,
     HMEAN,
+    INTERVAL_COLUMNS,
+    NODE,
     SWEEP_TAG,
+    TEST_PREFIX,
     UNRECOGNISABLE_SHARE,
+    VAL_PREFIX,
     WEIGHTS_DIR,
     WEIGHTS_MANIFEST,
+    interval_keys,
     update_sweep_state,
 )
 from igmu.sweep.trainable import ENVIRONMENT, FINAL, LOSS_PREFIX, LOSS_STEPS, SETTINGS_KEY
@@ -34,10 +39,16 @@ from igmu.sweep.trainable import ENVIRONMENT, FINAL, LOSS_PREFIX, LOSS_STEPS, SE
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "igmu.trial_id"
 INTERIM_PREFIX = "interim_"
+# Final scores named by the prompt split they were measured on (val_*, test_*), as in the results table.
+SPLIT_SCORES = (*ASPECTS, *INTERVAL_COLUMNS, "pre_asr", "post_asr", DEGENERATE, UNRECOGNISABLE_SHARE)
+# Tags of the runs the held-out stage makes: one per algorithm at its published defaults.
+ROLE_TAG, DEFAULTS_ROLE = "igmu.role", "defaults"
 # On each trial run: whether its changed weights are among its artifacts (`igmu export` needs them).
 WEIGHTS_TAG = "igmu.weights"
 WEIGHTS_LOGGED, WEIGHTS_NOT_KEPT = "logged", "not-kept"
 WEIGHTS_BYTES = "weights_bytes"
+# On each trial run: every Ray node the trial ran on, in order, comma-separated (`node` is the last).
+NODES_TAG = "igmu.nodes"
 # On the parent run: the retention policy, and how many trials it kept with how many bytes.
 KEEP_WEIGHTS_TAG = "igmu.keep_weights"
 WEIGHTS_KEPT, WEIGHTS_KEPT_BYTES = "weights_kept", "weights_kept_bytes"
@@ -69,9 +80,6 @@ def start_parent_run(client, experiment: str, sweep_name: str, state_file: Path,
     return experiment_id, parent.info.run_id
 
 
-# Final-scorecard figures logged beside the aspect scores and efficiency.
-FINAL_FIGURES = ("pre_asr", "post_asr", DEGENERATE, UNRECOGNISABLE_SHARE)
-
 
 class MlflowTracker(Callback):
     """Mirror trial results into nested MLflow runs (the results table joins them by trial tag)."""
@@ -90,6 +98,7 @@ class MlflowTracker(Callback):
         self.datasets = datasets or []
         self.run_ids: dict[str, str] = {}
         self.described: set[str] = set()  # trials whose run carries its worker's environment tags
+        self.nodes: dict[str, list[str]] = {}  # trial id -> the nodes it ran on, as its run records them
 
     # --- Tune callback hooks -------------------------------------------------------------
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -97,11 +106,11 @@ class MlflowTracker(Callback):
         step = int(result.get("step", result.get("training_iteration", 0)))
         self._describe(trial, run_id, result.get(ENVIRONMENT))
         self._log_metrics(run_id, loss_metrics(result.get(LOSS_STEPS) or []))
-        metrics = {k: float(v) for k, v in result.items() if k in (*ASPECTS, HMEAN)
+        metrics = {k: float(v) for k, v in result.items() if k in (*ASPECTS, *INTERVAL_COLUMNS, HMEAN)
                    and _finite(v)}
         if result.get(FINAL):
-            final = {k: float(v) for k, v in result.items() if (k in ASPECTS or k.startswith("efficiency_")
-                                                               or k in FINAL_FIGURES) and _finite(v)}
+            final = {(VAL_PREFIX + k if k in SPLIT_SCORES else k): float(v) for k, v in result.items()
+                     if (k in SPLIT_SCORES or k.startswith("efficiency_")) and _finite(v)}
             self.client.log_batch(run_id, metrics=_metric_list(final, step))
             self._log_artifacts(run_id, result.get("artifacts_dir"))
         else:
@@ -123,6 +132,8 @@ class MlflowTracker(Callback):
         if existing:
             run_id = existing[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
+            recorded = existing[0].data.tags.get(NODES_TAG)  # a resumed driver continues the run's node history
+            self.nodes[trial.trial_id] = recorded.split(",") if recorded else []
         else:
             from igmu.models.loader import kind_named
             from igmu.run import resolved_params
@@ -148,10 +159,21 @@ class MlflowTracker(Callback):
             self.client.log_batch(run_id, metrics=metrics[start:start + MAX_METRICS_PER_BATCH])
 
     def _describe(self, trial, run_id: str, environment: Mapping | None) -> None:
-        """Tag the run with the code and machine record of the worker that ran the trial, once."""
-        if environment and trial.trial_id not in self.described:
-            _set_tags(self.client, run_id, {str(k): str(v) for k, v in environment.items()})
-            self.described.add(trial.trial_id)
+        """Tag the run with the code and machine record of the worker that ran the trial: once, and
+        again whenever the trial reports from another node (Tune retried it elsewhere)."""
+        if not environment:
+            return
+        node = environment.get(NODE)
+        seen = self.nodes.setdefault(trial.trial_id, [])
+        moved = bool(node) and (not seen or seen[-1] != node)
+        if trial.trial_id in self.described and not moved:
+            return
+        tags = {str(k): str(v) for k, v in environment.items()}
+        if moved:
+            seen.append(node)
+            tags[NODES_TAG] = ",".join(seen)
+        _set_tags(self.client, run_id, tags)
+        self.described.add(trial.trial_id)
 
     def _close(self, trial, status: str, early_stopped: bool) -> None:
         run_id = self._run_for(trial)
@@ -270,6 +292,58 @@ def record_weights(client, parent_run_id: str, rows: Iterable[Mapping], kept: se
     client.log_metric(parent_run_id, WEIGHTS_KEPT, count)
     client.log_metric(parent_run_id, WEIGHTS_KEPT_BYTES, total)
     return count, total
+
+
+def split_metrics(card: Mapping, prefix: str) -> dict:
+    """A scorecard's aspect scores (and attack rates, degenerate flag, unrecognisable share) as
+    `<prefix><name>` metrics."""
+    aspects = card.get("aspects", {})
+    values = {name: result["score"] for name, result in aspects.items()}
+    values.update({key: end for name, result in aspects.items() if result.get("interval")
+                   for key, end in zip(interval_keys(name), result["interval"])})
+    values.update({name: aspects["robustness"][name] for name in ("pre_asr", "post_asr")
+                   if name in aspects.get("robustness", {})})
+    values[DEGENERATE] = int(bool(card.get(DEGENERATE)))
+    if card.get(UNRECOGNISABLE_SHARE) is not None:
+        values[UNRECOGNISABLE_SHARE] = card[UNRECOGNISABLE_SHARE]
+    return {prefix + name: float(v) for name, v in values.items() if _finite(v)}
+
+
+def record_test_scores(client, rows: Iterable[Mapping], trials_dir: Path, scorecard_name: str) -> int:
+    """Log each re-scored trial's test scores (test_*) and test scorecard to its run; returns how many."""
+    count = 0
+    for row in rows:
+        card_path = trials_dir / str(row["trial_id"]) / scorecard_name
+        if row.get("mlflow_run_id") and card_path.is_file():
+            card = json.loads(card_path.read_text())
+            client.log_batch(row["mlflow_run_id"], metrics=_metric_list(split_metrics(card, TEST_PREFIX), 0))
+            client.log_artifact(row["mlflow_run_id"], str(card_path))
+            count += 1
+    return count
+
+
+def record_defaults(client, experiment_id: str, parent_run_id: str, cards: Mapping[str, dict],
+                    cards_dir: Path, tags: Mapping[str, str]) -> dict[str, str]:
+    """One child run per algorithm at its defaults (found again, not duplicated, when a sweep resumes)."""
+    run_ids = {}
+    for algorithm, card in sorted(cards.items()):
+        found = client.search_runs([experiment_id], f"tags.`{PARENT_TAG}` = '{parent_run_id}' and "
+                                                    f"tags.`{ROLE_TAG}` = '{DEFAULTS_ROLE}' and "
+                                                    f"tags.algorithm = '{algorithm}'")
+        if found:
+            run_ids[algorithm] = found[0].info.run_id
+            continue
+        run = client.create_run(experiment_id, run_name=f"{algorithm} defaults",
+                                tags={**environment_tags(), **tags, PARENT_TAG: parent_run_id,
+                                      ROLE_TAG: DEFAULTS_ROLE, "algorithm": algorithm})
+        run_id = run.info.run_id
+        efficiency = {k: float(v) for k, v in card.get("efficiency", {}).items() if _finite(v)}
+        client.log_batch(run_id, params=_param_list(card.get("params", {})),
+                         metrics=_metric_list({**split_metrics(card, TEST_PREFIX), **efficiency}, 0))
+        client.log_artifact(run_id, str(cards_dir / algorithm / "scorecard.json"))
+        client.set_terminated(run_id, "FINISHED")
+        run_ids[algorithm] = run_id
+    return run_ids
 
 
 def finish_parent(client, parent_run_id: str, status: str = "FINISHED") -> None:

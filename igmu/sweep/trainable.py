@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -22,15 +23,17 @@ from igmu.algorithms.loop import run_unlearning
 from igmu.metrics.cache import ImageCache
 from igmu.metrics.context import Budget, EvalSettings, context_for
 from igmu.metrics.scorecard import build_context, scorecard
+from igmu.provenance import environment_tags
 from igmu.run import build_unlearner, changed_since, load_model_for, module_states, peak_memory_mb
-from igmu.sweep.provenance import environment_tags
 from igmu.sweep.results import (
     CHANGED_FILE,
     DEGENERATE,
     HMEAN,
+    NODE,
     UNRECOGNISABLE_SHARE,
     WEIGHTS_DIR,
     WEIGHTS_MANIFEST,
+    interval_keys,
 )
 from igmu.sweep.space import trial_params
 
@@ -74,10 +77,8 @@ def run_trial(config: dict) -> None:
     pending: list[dict] = []
 
     def evaluate(budget: str) -> dict:
-        sizes = settings.get("budget_sizes", {}).get(budget)  # smaller budgets for tests and smoke runs
-        ctx = build_context(generator, settings["target"], Budget(budget, **sizes) if sizes else budget,
-                            original=original, judges=judges, cache=cache, seed=settings["seed"],
-                            settings=evaluation)
+        ctx = build_context(generator, settings["target"], trial_budget(settings, budget), original=original,
+                            judges=judges, cache=cache, seed=settings["seed"], settings=evaluation)
         return scorecard(ctx), ctx
 
     def on_step(step: int, losses: dict) -> None:
@@ -91,7 +92,8 @@ def run_trial(config: dict) -> None:
         generator.train_mode(False)
         card, ctx = evaluate(settings["final_budget"] if last else settings["interim_budget"])
         generator.train_mode(True)
-        metrics = {**_metrics(card, step, last), **loss_entries(pending), ENVIRONMENT: environment_tags()}
+        metrics = {**_metrics(card, step, last), **loss_entries(pending),
+                   ENVIRONMENT: {**environment_tags(), **node_record()}}
         pending.clear()
         for objective in settings["objectives"]:  # searchers need every objective in every report
             metrics.setdefault(objective, math.nan)
@@ -100,7 +102,48 @@ def run_trial(config: dict) -> None:
             write_weights(trial_dir / WEIGHTS_DIR, unlearner, original, settings)
         _report(metrics, unlearner, time.time() - started)
 
+    if unlearner.step_index >= unlearner.total_steps:
+        # Restored from its final checkpoint: the driver died after the final report was checkpointed
+        # but before Tune recorded the trial as done. No step is left to run, so report the final
+        # scorecard again (deterministic), or the trial would end with no final result at all.
+        on_step(unlearner.step_index, {})
+        return
     run_unlearning(unlearner, on_step=on_step, prepared=True)
+
+
+def node_record() -> dict[str, str]:
+    """The Ray node running this report: its id (unique per `ray start`, so it tells apart nodes that
+    share a machine), IP and host name. Sent with every report, since a retried trial may move."""
+    import ray
+
+    return {NODE: ray.get_runtime_context().get_node_id(), f"{NODE}.ip": ray.util.get_node_ip_address(),
+            f"{NODE}.hostname": socket.gethostname()}
+
+
+def trial_budget(settings: dict, budget: str) -> Budget | str:
+    sizes = settings.get("budget_sizes", {}).get(budget)  # smaller budgets for tests and smoke runs
+    return Budget(budget, **sizes) if sizes else budget
+
+
+def evaluation_model(settings: dict, algorithm: str):
+    """The sweep's model, loaded as a trial loads it, and a function giving any state of it the final
+    scorecard a trial's evaluation settings give (used to score trials again after the search)."""
+    torch.set_num_threads(max(1, int(settings.get("threads", 1))))
+    evaluation = EvalSettings(**settings.get("eval_settings", {}))
+    device, precision = settings.get("device"), settings.get("precision", "fp32")
+    generator = load_model_for(algorithm, settings["model"], device=device, precision=precision)
+    original = load_model_for(algorithm, settings["model"], device=device, precision=precision)
+    judges = trial_judges(settings.get("judges", "local"), generator, evaluation)
+    cache = ImageCache(settings.get("cache_dir"))
+
+    def score(model) -> dict:
+        model.train_mode(False)
+        ctx = build_context(model, settings["target"], trial_budget(settings, settings["final_budget"]),
+                            original=original, judges=judges, cache=cache, seed=settings["seed"],
+                            settings=evaluation)
+        return scorecard(ctx)
+
+    return generator, score
 
 
 def loss_entries(steps: list[dict]) -> dict:
@@ -128,7 +171,17 @@ def _metrics(card: dict, step: int, final: bool) -> dict:
     if "robustness" in card["aspects"]:
         metrics["pre_asr"] = card["aspects"]["robustness"]["pre_asr"]
         metrics["post_asr"] = card["aspects"]["robustness"]["post_asr"]
-    return metrics
+    return {**metrics, **interval_entries(card)}
+
+
+def interval_entries(card: dict) -> dict:
+    """`<aspect>_ci_low` and `<aspect>_ci_high` for every aspect of the scorecard that has an interval."""
+    entries = {}
+    for aspect, result in card["aspects"].items():
+        if result.get("interval") is not None:
+            low, high = interval_keys(aspect)
+            entries[low], entries[high] = (float(end) for end in result["interval"])
+    return entries
 
 
 def degeneracy_metrics(card: dict) -> dict:

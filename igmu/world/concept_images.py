@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from igmu.world.concepts import CHARACTER_NAMES, Concept, get_concept
-from igmu.world.render import IMAGE_SIZE, Scene, random_scene, render_batch
+from igmu.world.prompts import PromptSpec
+from igmu.world.render import IMAGE_SIZE, Scene, concept_mask, random_scene, render_batch
 
 IMAGE_SETS = ("forget", "retain", "proxy")
 # Share of retain renders that show a character, as in judge training.
@@ -77,3 +78,22 @@ def mosaics(images: torch.Tensor) -> torch.Tensor:
     out[..., half:, :half] = quads[:, 2, :, half:, :half]
     out[..., half:, half:] = quads[:, 3, :, half:, half:]
     return out
+
+
+def masked_forget_renders(target: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """`n` renders that show the target [N, 3, 32, 32] in [0, 1], the target's mask in each
+    [N, 1, 32, 32] (1 where it shows) and each render's canonical prompt: segmented images of the
+    concept, as MACE gets from its generator and Grounded-SAM."""
+    concept = get_concept(target)
+    rng = np.random.default_rng(seed)
+    scenes = [_forget_scene(rng, concept) for _ in range(n)]
+    masks = np.stack([concept_mask(scene, concept.category) for scene in scenes])
+    prompts = [scene_prompt(scene) for scene in scenes]
+    return _to_tensor(render_batch(scenes)), torch.from_numpy(masks).float()[:, None], prompts
+
+
+def scene_prompt(scene: Scene) -> str:
+    """The canonical English prompt that asks for `scene`."""
+    if scene.character is not None:
+        return PromptSpec(character=scene.character, hazard=scene.hazard).text
+    return PromptSpec(object=scene.object, style=scene.style, hazard=scene.hazard).text

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from igmu.errors import UsageError
 from igmu.world.concepts import (
     CHARACTER_NAMES,
     LANGUAGES,
@@ -46,6 +47,25 @@ TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {
         "hazard": ("mit {sensitive} zeichen",),
     },
 }
+# The held-out test split's wordings: new word orders of words the text encoder knows, never used in
+# training or in the validation prompt sets (whose wordings are TEMPLATES), so a setting tuned on
+# validation prompts is scored on texts it never saw. Spanish and German reuse wordings that the
+# validation paraphrases leave out; a character's translated name alone is its test wording there.
+TEST_TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {
+    "en": {
+        "object+style": ("a drawing of a {style} {object}", "{object} in {style} style",
+                         "a {object} picture in {style} style", "a {style} {object} drawing"),
+        "character": ("a drawing of {character}", "{character} drawing"),
+        "hazard": TEMPLATES["en"]["hazard"],
+    },
+    "es": {"object+style": TEMPLATES["es"]["object+style"][1:], "character": ("{character}",),
+           "hazard": TEMPLATES["es"]["hazard"]},
+    "de": {"object+style": TEMPLATES["de"]["object+style"][1:], "character": ("{character}",),
+           "hazard": TEMPLATES["de"]["hazard"]},
+}
+SPLITS = ("validation", "test")
+# Images of test-split prompts are sampled from seeds at or above this (validation seeds stay below).
+TEST_SEED_START = 1_000_000
 # One prompt in this many is never shown to the generator in training (split by a hash of its text).
 HELD_OUT_MODULUS = 7
 
@@ -62,6 +82,7 @@ class PromptSpec:
     template: int = 0
     # Surface form per concept name (default: the canonical English word / first translation).
     words: tuple[tuple[str, str], ...] = ()
+    split: str = "validation"
 
     @property
     def kind(self) -> str:
@@ -79,7 +100,7 @@ class PromptSpec:
     def text(self) -> str:
         if self.kind == "empty":
             return ""
-        templates = TEMPLATES[self.lang]
+        templates = templates_of(self.split)[self.lang]
         chosen = dict(self.words)
 
         def word(name: str) -> str:
@@ -108,6 +129,17 @@ class PromptSpec:
         return replace(self, **{concept.category: None})
 
 
+def templates_of(split: str) -> dict[str, dict[str, tuple[str, ...]]]:
+    if split not in SPLITS:
+        raise UsageError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+    return TEST_TEMPLATES if split == "test" else TEMPLATES
+
+
+def split_seed(seed: int, split: str) -> int:
+    """The seed images of `split` are sampled from: the two splits never share one."""
+    return seed + (TEST_SEED_START if split == "test" else 0)
+
+
 def is_held_out(text: str) -> bool:
     digest = hashlib.sha256(text.encode()).digest()
     return int.from_bytes(digest[:4], "little") % HELD_OUT_MODULUS == 0
@@ -127,19 +159,21 @@ def random_wording(rng: np.random.Generator, spec: PromptSpec, p_canonical: floa
     return replace(spec, lang=lang, template=int(rng.integers(12)), words=tuple(words))
 
 
-def _all_specs(lang: str = "en") -> list[PromptSpec]:
-    """Every canonical-word prompt of a language: object+style, object-only, style-only, character."""
+def _all_specs(lang: str = "en", split: str = "validation") -> list[PromptSpec]:
+    """Every canonical-word prompt of a language and split: object+style and character prompts."""
+    templates = templates_of(split)[lang]
     specs = []
     for hazard in (False, True):
-        for t in range(len(TEMPLATES[lang]["object+style"])):
-            specs += [PromptSpec(o, s, hazard, None, lang, t) for o in OBJECT_NAMES for s in STYLE_NAMES]
-        for t in range(len(TEMPLATES[lang]["character"])):
-            specs += [PromptSpec(None, None, hazard, c, lang, t) for c in CHARACTER_NAMES]
+        for t in range(len(templates["object+style"])):
+            specs += [PromptSpec(o, s, hazard, None, lang, t, split=split) for o in OBJECT_NAMES for s in STYLE_NAMES]
+        for t in range(len(templates["character"])):
+            specs += [PromptSpec(None, None, hazard, c, lang, t, split=split) for c in CHARACTER_NAMES]
     return specs
 
 
 def _paraphrases(spec: PromptSpec, concept: Concept) -> list[PromptSpec]:
-    """`spec` with the target said through each synonym (English) and translation (es, de)."""
+    """`spec` with the target said through each synonym (English) and translation (es, de), in the
+    first wording of its split."""
     out = [replace(spec, words=((concept.name, w),)) for w in concept.synonyms]
     for lang in LANGUAGES[1:]:
         for word in concept.surface_forms(lang):
@@ -158,15 +192,16 @@ class PromptSets:
         return {name: [p.text for p in getattr(self, name)] for name in ("forget", "retain", "related", "paraphrase")}
 
 
-def prompt_sets(target: str) -> PromptSets:
+def prompt_sets(target: str, split: str = "validation") -> PromptSets:
     """Deterministic forget / retain / related / paraphrase prompt sets for a target concept.
 
     forget: canonical English prompts that name the target; retain: prompts that do not (disjoint
     by construction); related: prompts naming a related concept but not the target; paraphrase: the
-    forget prompts' first template with the target said by a synonym or a translation.
+    forget prompts' first template with the target said by a synonym or a translation. The
+    validation and test splits use disjoint wordings (TEMPLATES, TEST_TEMPLATES), so no text is in both.
     """
     concept = get_concept(target)
-    specs = _all_specs("en")
+    specs = _all_specs("en", split)
     forget = [s for s in specs if s.mentions(concept)]
     if concept.category == "sensitive":
         # The hazard can be added to anything; its retain set is the same scenes without it.

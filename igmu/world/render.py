@@ -87,6 +87,28 @@ def render(scene: Scene) -> np.ndarray:
     return canvas.reshape(IMAGE_SIZE, SUPERSAMPLE, IMAGE_SIZE, SUPERSAMPLE, 3).mean(axis=(1, 3))
 
 
+def concept_mask(scene: Scene, category: str) -> np.ndarray:
+    """Where a concept of `category` shows in the rendered scene, as an HxW boolean mask (the world's
+    stand-in for a segmenter such as Grounded-SAM): the object's shape for an object or a style (a
+    style is painted on the object), the badge's square for the hazard, the object and the band
+    above it (where the detail sits) for a character."""
+    n = IMAGE_SIZE * SUPERSAMPLE
+    ys, xs = np.mgrid[0:n, 0:n].astype(np.float32)
+    xs = (xs + 0.5) / SUPERSAMPLE
+    ys = (ys + 0.5) / SUPERSAMPLE
+    if category == "sensitive":
+        left, top = hazard_corner(scene.center)
+        mask = (xs >= left) & (xs < left + BADGE_SIZE) & (ys >= top) & (ys < top + BADGE_SIZE)
+    else:
+        mask = _shape_mask(scene.object, (xs - scene.center[0]) / scene.half_size,
+                           (ys - scene.center[1]) / scene.half_size)
+        if category == "character":
+            top = scene.center[1] - scene.half_size - CHARACTER_HEADROOM
+            mask |= (np.abs(xs - scene.center[0]) <= scene.half_size) & (ys >= top) & (ys <= scene.center[1])
+    # A pixel belongs to the concept when most of its supersamples do.
+    return mask.reshape(IMAGE_SIZE, SUPERSAMPLE, IMAGE_SIZE, SUPERSAMPLE).mean(axis=(1, 3)) >= 0.5
+
+
 def render_batch(scenes: list[Scene]) -> np.ndarray:
     """Render scenes as float32 NxHxWx3."""
     return np.stack([render(s) for s in scenes])
