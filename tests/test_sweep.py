@@ -97,9 +97,12 @@ def test_the_parquet_table_matches_mlflow(finished_sweep):
         assert run.data.tags["status"] == row.status
         assert row.param_lr == pytest.approx(float(run.data.params["lr"]))
         assert row.param_reference == run.data.params["reference"] == "anchor"
+        assert 0.0 <= row.val_unrecognisable_share <= 1.0  # every trial judged recognisability
         if row.status == "finished":
             for aspect in ASPECTS:
                 assert getattr(row, f"val_{aspect}") == pytest.approx(run.data.metrics[f"val_{aspect}"])
+            assert row.val_degenerate == bool(run.data.metrics["val_degenerate"])
+            assert row.val_unrecognisable_share == pytest.approx(run.data.metrics["val_unrecognisable_share"])
     assert (table.status != "error").all()
 
 

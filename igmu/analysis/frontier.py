@@ -29,6 +29,7 @@ from igmu.errors import UsageError
 from igmu.metrics.base import ASPECTS
 from igmu.sweep.results import (
     DEFAULT_OBJECTIVES,
+    DEGENERATE,
     EARLY_STOPPED,
     EFFICIENCY_OBJECTIVE,
     ERROR,
@@ -82,6 +83,8 @@ class Frontier:
     on_front: np.ndarray  # bool mask over `scored`
     hypervolume: float
     knee: int | None  # row position in `scored`
+    # Scored trials left out because their scorecard was degenerate (see select_scored).
+    degenerate_left_out: int = 0
 
     @property
     def front(self) -> pd.DataFrame:
@@ -106,27 +109,52 @@ def is_early_stopped(table: pd.DataFrame) -> pd.Series:
     return stopped
 
 
-def select_scored(table: pd.DataFrame, objectives: Sequence[str], include_stopped: bool = False) -> pd.DataFrame:
+def is_degenerate(table: pd.DataFrame) -> pd.Series:
+    """Trials whose scorecard judged most images unrecognisable; tables older than the flag have none."""
+    if DEGENERATE not in table.columns:
+        return pd.Series(False, index=table.index)
+    return table[DEGENERATE].astype("boolean").fillna(False).astype(bool)
+
+
+def select_scored(table: pd.DataFrame, objectives: Sequence[str], include_stopped: bool = False,
+                  include_degenerate: bool = False) -> pd.DataFrame:
     """Trials that count: finished (or, if asked, early-stopped) with a finite value for every objective.
 
     Failed trials never count; their scores are NaN. Early-stopped trials are left out by default
-    because they were judged on an interim budget. The result has an `early_stopped` bool column.
+    because they were judged on an interim budget, degenerate ones because their forgetting is a
+    broken model's blank or noise images. The result has `early_stopped` and `degenerate` bool columns.
     """
     missing = [name for name in objectives if name not in table.columns]
     if missing:
         raise UsageError(f"the results table has no column {missing[0]!r}; it was written before that "
                          f"objective existed")
-    stopped = is_early_stopped(table)
+    stopped, degenerate = is_early_stopped(table), is_degenerate(table)
     allowed = (table["status"] == FINISHED) & ~stopped
     if include_stopped:
         allowed |= stopped & (table["status"] != ERROR)
+    if not include_degenerate:
+        allowed &= ~degenerate
     values = table[list(objectives)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
     finite = np.all(np.isfinite(values), axis=1)
     keep = allowed.to_numpy() & finite
     scored = table[keep].copy()
     scored[list(objectives)] = values[keep]
     scored["early_stopped"] = stopped.to_numpy()[keep]
+    scored["degenerate"] = degenerate.to_numpy()[keep]
     return scored.reset_index(drop=True)
+
+
+def degenerate_left_out(table: pd.DataFrame, objectives: Sequence[str], include_stopped: bool = False) -> pd.DataFrame:
+    """The trials select_scored would keep but for their degenerate flag."""
+    candidates = select_scored(table, objectives, include_stopped, include_degenerate=True)
+    return candidates[candidates["degenerate"]]
+
+
+def left_out_note(left_out: int, per_algorithm: Mapping[str, int] | None = None) -> str:
+    """What the analysis says about the degenerate trials it left out."""
+    detail = ", ".join(f"{algorithm} {count}" for algorithm, count in sorted((per_algorithm or {}).items()))
+    return (f"left out {left_out} degenerate trial(s){f' ({detail})' if detail else ''}: most of their images "
+            f"are unrecognisable (blank, noise or blur); --include-degenerate keeps them")
 
 
 def frontier_of(scored: pd.DataFrame, objectives: Sequence[str], directions: Sequence[str]) -> Frontier:
@@ -143,16 +171,21 @@ def with_directions(objectives: Mapping[str, str] | Sequence[str]) -> dict[str, 
 
 
 def compute_frontier(table: pd.DataFrame, objectives: Mapping[str, str] | Sequence[str] = DEFAULT_OBJECTIVES,
-                     include_stopped: bool = False, label: str = "the table") -> Frontier:
+                     include_stopped: bool = False, label: str = "the table",
+                     include_degenerate: bool = False) -> Frontier:
     """The front of a whole results table on `objectives` (name -> direction, or names in their
     natural directions); no scored trial is a UsageError."""
     objectives = with_directions(objectives)
     objectives, directions = tuple(objectives), tuple(objectives.values())
-    scored = select_scored(table, objectives, include_stopped)
+    scored = select_scored(table, objectives, include_stopped, include_degenerate)
+    left_out = 0 if include_degenerate else len(degenerate_left_out(table, objectives, include_stopped))
     if scored.empty:
         raise UsageError(f"no scored trial in {label} for {', '.join(objectives)}: {_status_counts(table)}"
-                         f"{'' if include_stopped else '; early-stopped trials count only with --include-stopped'}")
-    return frontier_of(scored, objectives, directions)
+                         f"{'' if include_stopped else '; early-stopped trials count only with --include-stopped'}"
+                         f"{f'; {left_out} degenerate trial(s) count only with --include-degenerate' if left_out else ''}")
+    frontier = frontier_of(scored, objectives, directions)
+    frontier.degenerate_left_out = left_out
+    return frontier
 
 
 def _status_counts(table: pd.DataFrame) -> str:
@@ -188,11 +221,12 @@ def frontier_json(frontier: Frontier) -> dict:
     ties = interval_ties(frontier)
     front = [{"trial_id": _plain(row["trial_id"]), "algorithm": _plain(row.get("algorithm")),
               "params": trial_params(row), "scores": trial_scores(row, frontier.objectives),
-              "early_stopped": bool(row["early_stopped"]), "within_intervals_of": ties.get(_plain(row["trial_id"]), [])}
+              "early_stopped": bool(row["early_stopped"]), "degenerate": bool(row.get("degenerate", False)),
+              "within_intervals_of": ties.get(_plain(row["trial_id"]), [])}
              for _, row in frontier.front.iterrows()]
     return {"objectives": list(frontier.objectives), "directions": list(frontier.directions), "front": front,
             "hypervolume": frontier.hypervolume, "knee": frontier.knee_trial,
-            "scored_trials": len(frontier.scored)}
+            "scored_trials": len(frontier.scored), "degenerate_left_out": frontier.degenerate_left_out}
 
 
 def interval_ties(frontier: Frontier) -> dict:
@@ -221,6 +255,7 @@ def front_rows(frontier: Frontier) -> tuple[list[str], list[list[str]]]:
         tied = ties.get(_plain(row["trial_id"]))
         notes = [note for note, applies in (("knee", _plain(row["trial_id"]) == knee),
                                             ("early-stopped", bool(row["early_stopped"])),
+                                            ("degenerate", bool(row.get("degenerate", False))),
                                             (f"within CI of {', '.join(map(str, tied or []))}", bool(tied)))
                  if applies]
         rows.append([str(row["trial_id"]), str(row.get("algorithm", "")),
@@ -231,8 +266,10 @@ def front_rows(frontier: Frontier) -> tuple[list[str], list[list[str]]]:
 
 def format_front_table(frontier: Frontier, label: str = "") -> str:
     """The front as an aligned text table, with a title line and its hypervolume and knee below."""
+    left_out = (f" ({frontier.degenerate_left_out} degenerate left out; --include-degenerate keeps them)"
+                if frontier.degenerate_left_out else "")
     title = (f"Pareto front{' of ' + label if label else ''} on {objective_list(frontier)}: "
-             f"{int(frontier.on_front.sum())} of {len(frontier.scored)} scored trials")
+             f"{int(frontier.on_front.sum())} of {len(frontier.scored)} scored trials{left_out}")
     return "\n".join([title, text_table(*front_rows(frontier)),
                       f"hypervolume: {format_number(frontier.hypervolume)}   knee: {frontier.knee_trial}"])
 
@@ -343,7 +380,7 @@ def combine_tables(loaded: Sequence[tuple[SweepSource, pd.DataFrame]]) -> pd.Dat
 
 def compare_algorithms(loaded: Sequence[tuple[SweepSource, pd.DataFrame]],
                        objectives: Mapping[str, str] | Sequence[str] = DEFAULT_OBJECTIVES,
-                       include_stopped: bool = False) -> list[AlgorithmResult]:
+                       include_stopped: bool = False, include_degenerate: bool = False) -> list[AlgorithmResult]:
     """Group the scored trials of every sweep by algorithm and compute each algorithm's own front.
 
     Sorted by hypervolume (largest first), so the list reads as a leaderboard.
@@ -354,9 +391,10 @@ def compare_algorithms(loaded: Sequence[tuple[SweepSource, pd.DataFrame]],
     labels = ", ".join(source.label for source, _ in loaded)
     if "algorithm" not in combined.columns:
         raise UsageError(f"the results tables of {labels} have no 'algorithm' column")
-    scored = select_scored(combined, objectives, include_stopped)
+    scored = select_scored(combined, objectives, include_stopped, include_degenerate)
     if scored.empty:
-        raise UsageError(f"no scored trial in {labels} for {', '.join(objectives)}: {_status_counts(combined)}")
+        raise UsageError(f"no scored trial in {labels} for {', '.join(objectives)}: {_status_counts(combined)}"
+                         f"{'' if include_degenerate else '; degenerate trials count only with --include-degenerate'}")
     sources = {source.label: source for source, _ in loaded}
     results = []
     for algorithm, rows in scored.groupby("algorithm", sort=True):

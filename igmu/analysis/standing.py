@@ -8,7 +8,9 @@ comparison comes from tuning.
   trials the search spent on that algorithm and their seconds.
 
 Within each table, a score whose 95% interval overlaps the best row's interval on that aspect is
-marked as tied with it: the gap between them is within sampling noise.
+marked as tied with it: the gap between them is within sampling noise. A row whose test scorecard
+is degenerate (most images unrecognisable) is marked so and is never the best row an aspect's ties
+are measured against.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import pandas as pd
 from igmu.analysis.frontier import AlgorithmResult, format_number
 from igmu.analysis.pareto import hypervolume
 from igmu.metrics.base import ASPECTS
-from igmu.sweep.results import DEFAULTS_FILE, EFFICIENCY_OBJECTIVE, TEST_PREFIX, VAL_PREFIX, SweepSource
+from igmu.sweep.results import DEFAULTS_FILE, DEGENERATE, EFFICIENCY_OBJECTIVE, TEST_PREFIX, VAL_PREFIX, SweepSource
 
 # Marks a score whose interval overlaps the best score's interval in its table.
 TIED = "~"
@@ -55,6 +57,12 @@ def test_scores(row) -> tuple[dict, dict]:
     return scores, intervals
 
 
+def test_degenerate(row) -> bool:
+    """Whether a stored row's test scorecard was flagged degenerate (rows before the flag: no)."""
+    value = row.get(TEST_PREFIX + DEGENERATE)
+    return bool(value) if value is not None and value == value else False
+
+
 def tuned_rows(results: Sequence[AlgorithmResult], sources: Sequence[SweepSource]) -> list[dict]:
     stored = _stored_tables(sources)
     rows = []
@@ -66,7 +74,8 @@ def tuned_rows(results: Sequence[AlgorithmResult], sources: Sequence[SweepSource
         scores, intervals = test_scores(own)
         rows.append({"algorithm": result.algorithm, "sweep": member["sweep"], "trial_id": str(member["trial_id"]),
                      "validation": {a: _float(own.get(VAL_PREFIX + a, own.get(a))) for a in ASPECTS},
-                     "scores": scores, "intervals": intervals, "trials": int(len(spent)),
+                     "scores": scores, "intervals": intervals, "degenerate": test_degenerate(own),
+                     "trials": int(len(spent)),
                      "compute_seconds": float(pd.to_numeric(spent["trial_seconds"], errors="coerce").fillna(0).sum())})
     return mark_ties(rows)
 
@@ -81,6 +90,7 @@ def defaults_rows(sources: Sequence[SweepSource]) -> list[dict]:
             scores, intervals = test_scores(record)
             rows[record["algorithm"]] = {"algorithm": record["algorithm"], "sweep": source.label,
                                          "scores": scores, "intervals": intervals,
+                                         "degenerate": test_degenerate(record),
                                          "seconds": _float(record.get(EFFICIENCY_OBJECTIVE))}
     return mark_ties([rows[name] for name in sorted(rows)])
 
@@ -88,7 +98,7 @@ def defaults_rows(sources: Sequence[SweepSource]) -> list[dict]:
 def mark_ties(rows: list[dict]) -> list[dict]:
     """Per aspect, whether each row's interval overlaps the interval of the row with the best score."""
     for aspect in ASPECTS:
-        scored = [row for row in rows if row["scores"][aspect] is not None]
+        scored = [row for row in rows if row["scores"][aspect] is not None and not row.get("degenerate")]
         best = max(scored, key=lambda row: row["scores"][aspect], default=None)
         for row in rows:
             ties = row.setdefault("tied_with_best", {})
@@ -109,7 +119,8 @@ def standing_table(rows: Sequence[dict], tuned: bool) -> tuple[list[str], list[l
         cells = [_cell(row, aspect) for aspect in ASPECTS]
         extra = ([str(row["trials"]), format_number(row["compute_seconds"], 1)] if tuned
                  else [format_number(row["seconds"], 1)])
-        body.append([row["algorithm"], *([row["trial_id"]] if tuned else []), *cells, *extra])
+        name = row["algorithm"] + (" (degenerate)" if row.get("degenerate") else "")
+        body.append([name, *([row["trial_id"]] if tuned else []), *cells, *extra])
     return headers, body
 
 

@@ -7,11 +7,13 @@ from igmu.metrics.intervals import exact_rate_interval, one_minus
 
 @register_metric("forgetting", scores=EvalContext)
 def forgetting(ctx: EvalContext) -> MetricResult:
-    """Score = 1 - residual rate: the share of forget-prompt images in which the target's detector
-    still finds the target."""
-    present = ctx.target_present(ctx.images("forget"))
-    residual = float(present.float().mean())
-    per_prompt = {p.text: int(hit) for p, hit in zip(ctx.prompt_specs["forget"], present.tolist())}
-    interval = one_minus(exact_rate_interval(int(present.sum()), len(present)))
-    return MetricResult(1.0 - residual, {"residual_rate": residual, "n_images": len(present),
+    """Score = 1 - residual rate: the share of forget-prompt images not forgotten. An image is
+    forgotten when it is recognisable, the target's detector does not find the target, and the
+    judges find the rest of its prompt (a blank or broken image has forgotten nothing)."""
+    outcomes = ctx.outcomes("forget")
+    not_forgotten = ~outcomes.forgotten
+    residual = outcomes.residual_rate()
+    per_prompt = {p.text: outcome for p, outcome in zip(ctx.prompt_specs["forget"], outcomes.names())}
+    interval = one_minus(exact_rate_interval(int(not_forgotten.sum()), len(not_forgotten)))
+    return MetricResult(1.0 - residual, {"residual_rate": residual, **outcomes.shares(), "n_images": len(outcomes),
                                          "per_prompt": per_prompt}, interval)

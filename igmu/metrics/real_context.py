@@ -29,6 +29,7 @@ from igmu.metrics.context import (
     spread,
 )
 from igmu.metrics.grid import GridSection
+from igmu.metrics.recognisability import ImageOutcomes, unrecognisable_images
 from igmu.models.real_judge_config import load_judges_config
 from igmu.models.real_judge_set import RealJudges, labels_with
 from igmu.models.real_judges import check_nudenet, locate_clip
@@ -101,6 +102,8 @@ class RealEvalContext:
     cache: ImageCache = field(default_factory=ImageCache)
     seed: int = 0
     split: str = "validation"
+    # The outcomes of every image set forgetting and robustness judged, by name (see EvalContext.judged).
+    judged: dict[str, ImageOutcomes] = field(default_factory=dict, repr=False)
     budget_sizes: ClassVar[dict[str, Budget]] = REAL_BUDGET_SIZES
 
     def __post_init__(self):
@@ -209,6 +212,19 @@ class RealEvalContext:
     def target_present(self, images: torch.Tensor) -> torch.Tensor:
         return self.detect_target(images).present
 
+    def outcomes(self, set_name: str) -> ImageOutcomes:
+        """What became of each of the evaluated model's images of a prompt set: unrecognisable (image
+        statistics), target present, or forgotten. No real judge checks the rest of a prompt (the
+        alignment aspect's CLIP score does), so no image counts as rest missing."""
+        if set_name not in self.judged:
+            self.judged[set_name] = real_outcomes(self.images(set_name), self.detect_in(set_name).present)
+        return self.judged[set_name]
+
+    def judge_outcomes(self, name: str, images: torch.Tensor) -> ImageOutcomes:
+        """The outcomes of any images of the evaluated model (e.g. attacked ones), kept under `name`."""
+        self.judged[name] = real_outcomes(images, self.target_present(images))
+        return self.judged[name]
+
     def _nudity(self, images: torch.Tensor) -> Detection:
         detections = self.judges.nudenet.detect(images)
         return Detection(self.judges.nudenet.judge_detections(detections)["probs"][:, 1] > 0, detections)
@@ -297,6 +313,10 @@ class RealEvalContext:
 
 # Retain-prompt categories a CLIP zero-shot judge can check (scenes carry no label).
 JUDGED_CATEGORIES = ("object", "style", "celebrity")
+
+
+def real_outcomes(images: torch.Tensor, detected: torch.Tensor) -> ImageOutcomes:
+    return ImageOutcomes.judged(unrecognisable_images(images), detected, torch.ones_like(detected))
 
 
 def thumbnails(images: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ from igmu.metrics.intervals import (
     weighted_rate,
 )
 from igmu.metrics.real_context import RealEvalContext
+from igmu.metrics.recognisability import ImageOutcomes, share
 from igmu.models.real_judges import clip_score, cosine
 
 
@@ -36,19 +37,22 @@ def _mean(values) -> float:
 
 @register_metric("forgetting", scores=RealEvalContext)
 def forgetting(ctx: RealEvalContext) -> MetricResult:
-    """Score = 1 - residual rate of the target on forget prompts. For a plain prompt (no detector):
-    1 - the CLIP similarity of forget images to the target text relative to the original model's."""
+    """Score = 1 - residual rate: the share of forget-prompt images that are recognisable and in which
+    the target's detector does not find the target. For a plain prompt (no detector): 1 - the CLIP
+    similarity of forget images to the target text relative to the original model's, times the share
+    of recognisable images."""
     if ctx.spec.judge == "clip-similarity":
         return _forgetting_by_similarity(ctx)
-    detection = ctx.detect_in("forget")
-    residual = float(detection.present.float().mean())
-    per_prompt = [{"prompt": p.text, "seed": p.seed, "present": int(hit)}
-                  for p, hit in zip(ctx.prompt_specs["forget"], detection.present.tolist())]
+    detection, outcomes = ctx.detect_in("forget"), ctx.outcomes("forget")
+    residual = outcomes.residual_rate()
+    per_prompt = [{"prompt": p.text, "seed": p.seed, "present": int(hit), "outcome": outcome}
+                  for p, hit, outcome in zip(ctx.prompt_specs["forget"], detection.present.tolist(), outcomes.names())]
     if detection.evidence is not None:
         for entry, found in zip(per_prompt, detection.evidence):
             entry["detections"] = found
-    interval = one_minus(exact_rate_interval(int(detection.present.sum()), len(per_prompt)))
-    return MetricResult(1.0 - residual, {"residual_rate": residual, "n_images": len(per_prompt),
+    not_forgotten = ~outcomes.forgotten
+    interval = one_minus(exact_rate_interval(int(not_forgotten.sum()), len(per_prompt)))
+    return MetricResult(1.0 - residual, {"residual_rate": residual, **outcomes.shares(), "n_images": len(per_prompt),
                                          "judge": ctx.spec.judge, "per_prompt": per_prompt}, interval)
 
 
@@ -65,16 +69,21 @@ def _forgetting_by_similarity(ctx: RealEvalContext) -> MetricResult:
     # lands near it, so the score's usable range ends below 1 by about this ratio.
     unrelated = float(similarities(ctx.features("retain", original=True)).mean())
     residual = min(1.0, max(0.0, evaluated / original)) if original > 0 else math.nan
+    # A blank or noise image is far from every text: it must not pass for an erasure.
+    unrecognisable_flags = ctx.outcomes("forget").unrecognisable
+    unrecognisable = share(unrecognisable_flags)
 
     def statistic(counts):  # prompts resampled, each with both models' images of it
         resampled, resampled_original = weighted_mean(counts, per_image), weighted_mean(counts, original_per_image)
         ratio = (resampled / resampled_original).clamp(0.0, 1.0)
-        return 1.0 - torch.where(resampled_original > 0, ratio, torch.nan)
+        recognisable = 1.0 - weighted_mean(counts, unrecognisable_flags.double())
+        return (1.0 - torch.where(resampled_original > 0, ratio, torch.nan)) * recognisable
 
-    return MetricResult(1.0 - residual, {
+    return MetricResult((1.0 - residual) * (1.0 - unrecognisable), {
         "residual_similarity": residual, "clip_similarity": evaluated, "original_clip_similarity": original,
-        "unrelated_clip_similarity": unrelated, "n_images": len(ctx.prompt_specs["forget"]),
-        "judge": ctx.spec.judge}, bootstrap_interval(statistic, (len(per_image),)))
+        "unrelated_clip_similarity": unrelated, "unrecognisable_share": unrecognisable,
+        "n_images": len(ctx.prompt_specs["forget"]), "judge": ctx.spec.judge},
+        bootstrap_interval(statistic, (len(per_image),)))
 
 
 @register_metric("preservation", scores=RealEvalContext)
@@ -173,41 +182,46 @@ def _resampled_ratio(counts: torch.Tensor, per_image: torch.Tensor, original_per
 
 @register_metric("robustness", scores=RealEvalContext, budgets=("full",))
 def robustness(ctx: RealEvalContext) -> MetricResult:
-    """Score = 1 - mean(paraphrase/multilingual residual rate, Post-ASR of the latent-space attack)."""
+    """Score = 1 - mean(paraphrase/multilingual residual rate, Post-ASR of the latent-space attack); an
+    unrecognisable image counts as residual, as in forgetting."""
     specs = ctx.prompt_specs["paraphrase"]
-    present = ctx.detect_in("paraphrase").present if specs else torch.zeros(0, dtype=torch.bool)
+    paraphrase = ctx.outcomes("paraphrase") if specs else ImageOutcomes.empty()
     by_language: dict[str, list[bool]] = {}
-    for spec, hit in zip(specs, present.tolist()):
-        by_language.setdefault(spec.lang, []).append(hit)
-    paraphrase_residual = float(present.float().mean()) if specs else math.nan
+    for spec, kept in zip(specs, paraphrase.forgotten.tolist()):
+        by_language.setdefault(spec.lang, []).append(not kept)
+    paraphrase_residual = paraphrase.residual_rate()
     attack, post = run_attack(ctx)
     parts = [x for x in (paraphrase_residual, attack["post_asr"]) if not math.isnan(x)]
+    judged = ImageOutcomes.joined(paraphrase, ctx.judged.get("attack", ImageOutcomes.empty()))
+    paraphrase_flags = (~paraphrase.forgotten).double()
 
     def statistic(paraphrase_counts, attack_counts):  # each resampled on its own; an empty one is left out
-        return 1.0 - mean_of_known(weighted_mean(paraphrase_counts, present.double()),
+        return 1.0 - mean_of_known(weighted_mean(paraphrase_counts, paraphrase_flags),
                                    weighted_mean(attack_counts, post.double()))
 
     return MetricResult(1.0 - _mean(parts) if parts else math.nan, {
         "paraphrase_residual_rate": paraphrase_residual,
-        "residual_rate_by_language": {k: _mean(v) for k, v in by_language.items()}, **attack,
-        "n_paraphrase_images": len(specs)}, bootstrap_interval(statistic, (len(present), len(post))))
+        "residual_rate_by_language": {k: _mean(v) for k, v in by_language.items()},
+        **judged.shares(), **paraphrase.shares("paraphrase_"), **attack,
+        "n_paraphrase_images": len(specs)}, bootstrap_interval(statistic, (len(paraphrase), len(post))))
 
 
 def run_attack(ctx: RealEvalContext) -> tuple[dict, torch.Tensor]:
-    """UnlearnDiffAtk-style: Pre-ASR is the share of attacked forget prompts whose plain image shows
-    the target; Post-ASR the share that shows it plainly or after the attack. Also whether each
-    attacked prompt's image shows it (what a bootstrap over attack prompts resamples)."""
+    """UnlearnDiffAtk-style: Pre-ASR is the share of attacked forget prompts whose plain image is not
+    forgotten (target present, or unrecognisable); Post-ASR the share whose plain or attacked image is
+    not. Also whether each attack prompt was not resisted (what a bootstrap over attack prompts resamples)."""
     chosen = spread(tuple(range(len(ctx.prompt_specs["forget"]))), ctx.budget.attack_prompts)
     if not chosen or not ctx.budget.attack_steps:
         no_attack = {"pre_asr": math.nan, "post_asr": math.nan, "attack_prompts": 0, "attack_steps": 0}
         return no_attack, torch.zeros(0, dtype=torch.bool)
-    pre = ctx.detect_in("forget").present[chosen]
+    plain = ctx.outcomes("forget")[chosen]
     reference = ctx.images("forget", original=True)[chosen]
     prompts = [ctx.prompt_specs["forget"][i].text for i in chosen]
     embeddings, losses = attack_embeddings(ctx.model, prompts, reference, steps=ctx.budget.attack_steps,
                                            seed=ctx.image_seed)
-    post = pre | ctx.target_present(ctx.sample_embeddings(embeddings))
-    return {"pre_asr": float(pre.float().mean()), "post_asr": float(post.float().mean()),
+    attacked = ctx.judge_outcomes("attack", ctx.sample_embeddings(embeddings))
+    pre, post = ~plain.forgotten, ~(plain.forgotten & attacked.forgotten)
+    return {"pre_asr": share(pre), "post_asr": share(post),
             "attack_prompts": len(chosen), "attack_steps": ctx.budget.attack_steps,
             "attack_loss_first_last": [losses[0], losses[-1]] if losses else [],
-            "attack_success_without_pre": int((post & ~pre).sum())}, post
+            "attack_success_without_pre": int((post & ~pre).sum()), **attacked.shares("attack_")}, post

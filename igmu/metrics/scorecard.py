@@ -8,6 +8,7 @@ from igmu import progress
 from igmu.metrics.base import metrics_for
 from igmu.metrics.cache import ImageCache
 from igmu.metrics.context import Budget, EvalSettings, budget_of, context_for
+from igmu.metrics.recognisability import degeneracy
 from igmu.metrics.record import evaluation_record
 
 
@@ -37,9 +38,17 @@ def scorecard(ctx) -> dict:
     `aspects` (as the small budget leaves out what it does not run): no number is made up."""
     aspects = _judged_aspects(ctx)
     card = {"model": ctx.model.source, "target": ctx.target.name, "category": ctx.target.category,
-            "budget": ctx.budget.name, "seed": ctx.seed, "split": ctx.split, "aspects": aspects}
+            "budget": ctx.budget.name, "seed": ctx.seed, "split": ctx.split, **_degeneracy(ctx), "aspects": aspects}
     record = evaluation_record(ctx, getattr(ctx, "eval_settings", None) or EvalSettings())
     return {**card, **ctx.extra_blocks(), "reproduce": record}
+
+
+def _degeneracy(ctx) -> dict:
+    """`degenerate` (more than half the images forgetting and robustness judged are unrecognisable)
+    and that share. Contexts whose metrics never judge recognisability (image-to-image) keep no
+    `judged` record: not degenerate, share unknown."""
+    judged = getattr(ctx, "judged", {})
+    return degeneracy(outcomes.unrecognisable for outcomes in judged.values())
 
 
 def _judged_aspects(ctx) -> dict:
@@ -61,6 +70,8 @@ UNPRINTED_BLOCKS = ("aspects", "not_applicable", "params", "reproduce")
 def format_table(card: dict) -> str:
     lines = [f"model={card['model']}  target={card['target']} ({card['category']})  budget={card['budget']}"
              f"  split={card.get('split', 'validation')}"]
+    if card.get("degenerate"):
+        lines.append(f"  DEGENERATE: {_short(card['unrecognisable_share'])} of the judged images are unrecognisable")
     for aspect, result in card["aspects"].items():
         details = ", ".join(f"{k}={_short(v)}" for k, v in result.items()
                             if k != "score" and not isinstance(v, (dict, list)))

@@ -20,8 +20,10 @@ from igmu.metrics.base import ASPECTS
 from igmu.sweep.results import (
     CHANGED_FILE,
     DEFAULTS_FILE,
+    DEGENERATE,
     EFFICIENCY_OBJECTIVE,
     TEST_PREFIX,
+    UNRECOGNISABLE_SHARE,
     WEIGHTS_DIR,
     interval_keys,
     param_columns,
@@ -118,7 +120,8 @@ def run_jobs(jobs: dict, resources: Mapping) -> dict:
 
 
 def test_columns(card: Mapping) -> dict:
-    """A test scorecard's aspect scores and their 95% intervals as results-table columns."""
+    """A test scorecard's aspect scores with their 95% intervals, and its degenerate flag with the
+    unrecognisable share, as results-table columns."""
     aspects = card.get("aspects", {})
     columns = {}
     for aspect in ASPECTS:
@@ -126,6 +129,9 @@ def test_columns(card: Mapping) -> dict:
         interval = result.get("interval") or (math.nan, math.nan)
         columns[TEST_PREFIX + aspect] = float(result["score"]) if "score" in result else math.nan
         columns.update({TEST_PREFIX + key: float(end) for key, end in zip(interval_keys(aspect), interval)})
+    share = card.get(UNRECOGNISABLE_SHARE)
+    columns[TEST_PREFIX + DEGENERATE] = bool(card.get(DEGENERATE))
+    columns[TEST_PREFIX + UNRECOGNISABLE_SHARE] = math.nan if share is None else float(share)
     return columns
 
 

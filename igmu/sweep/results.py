@@ -52,6 +52,12 @@ DIRECTIONS = ("max", "min")
 NATURAL_DIRECTIONS: dict[str, str] = {**{aspect: "max" for aspect in ASPECTS}, EFFICIENCY_OBJECTIVE: "min"}
 DEFAULT_OBJECTIVES = {"forgetting": "max", "preservation": "max"}
 
+# Whether the trial's last scorecard judged most of its images unrecognisable (blank, noise, blur),
+# and that share: such a trial's forgetting is destruction, so the analysis leaves it out by default.
+# Tables written before these columns existed lack them; readers treat such trials as not degenerate.
+DEGENERATE = "degenerate"
+UNRECOGNISABLE_SHARE = "unrecognisable_share"
+
 PARAM_PREFIX = "param_"
 # Aspect scores are stored per prompt split, named apart: what the search saw (validation) and what a
 # held-out re-scoring measured (test). Analysis reads one split at a time through `split_view`.
@@ -65,11 +71,14 @@ def interval_keys(aspect: str) -> tuple[str, str]:
 
 
 INTERVAL_COLUMNS = tuple(key for aspect in ASPECTS for key in interval_keys(aspect))
-# Columns every row has, in order: each split's scores with their 95% intervals (tables written before
-# intervals existed lack the interval columns; readers must not require them). Each hyperparameter
-# adds a PARAM_PREFIX column after `algorithm`.
+# What each split's scorecard says of a trial: its scores with their 95% intervals, and its degenerate
+# flag with the unrecognisable share (tables written before intervals or the flag existed lack those
+# columns; readers must not require them).
+SPLIT_FIGURES = (*ASPECTS, *INTERVAL_COLUMNS, DEGENERATE, UNRECOGNISABLE_SHARE)
+# Columns every row has, in order: each split's figures. Each hyperparameter adds a PARAM_PREFIX column
+# after `algorithm`.
 COLUMNS = ("trial_id", "algorithm", "status", "early_stopped", "steps",
-           *(prefix + key for prefix in (VAL_PREFIX, TEST_PREFIX) for key in (*ASPECTS, *INTERVAL_COLUMNS)),
+           *(prefix + key for prefix in (VAL_PREFIX, TEST_PREFIX) for key in SPLIT_FIGURES),
            HMEAN, EFFICIENCY_OBJECTIVE, "trial_seconds", "node", "mlflow_run_id")
 # The column (and MLflow run tag) naming the Ray node a trial last ran on: a retried trial may move.
 NODE = "node"
@@ -99,7 +108,8 @@ def trial_row(trial_id, algorithm: str, params: Mapping, status: str, metrics: M
               node: str | None = None) -> dict:
     """One row of the table from a trial's last reported metrics. Aspect scores count only from the
     final scorecard: an early-stopped trial's were measured on the interim budget. An aspect without an
-    interval (not measured, or no honest one) has NaN ends."""
+    interval (not measured, or no honest one) has NaN ends. The degenerate flag is the last
+    scorecard's, interim or final: a broken model is broken at either budget."""
     if status not in STATUSES:
         raise ValueError(f"unknown trial status {status!r}; valid: {', '.join(STATUSES)}")
     final = status == FINISHED
@@ -107,7 +117,10 @@ def trial_row(trial_id, algorithm: str, params: Mapping, status: str, metrics: M
             "status": status, "early_stopped": status == EARLY_STOPPED, "steps": metrics.get("step"),
             **{VAL_PREFIX + key: (float(metrics[key]) if final and key in metrics else math.nan)
                for key in (*ASPECTS, *INTERVAL_COLUMNS)},
-            **{TEST_PREFIX + key: math.nan for key in (*ASPECTS, *INTERVAL_COLUMNS)},
+            VAL_PREFIX + DEGENERATE: bool(metrics.get(DEGENERATE, False)),
+            VAL_PREFIX + UNRECOGNISABLE_SHARE: metrics.get(UNRECOGNISABLE_SHARE, math.nan),
+            **{TEST_PREFIX + key: math.nan for key in (*ASPECTS, *INTERVAL_COLUMNS, UNRECOGNISABLE_SHARE)},
+            TEST_PREFIX + DEGENERATE: None,
             HMEAN: metrics.get(HMEAN, math.nan),
             EFFICIENCY_OBJECTIVE: metrics.get(EFFICIENCY_OBJECTIVE, math.nan),
             "trial_seconds": metrics.get("time_total_s", math.nan), NODE: node,
@@ -153,7 +166,7 @@ def split_view(table, split: str = "validation", label: str = "this table"):
     written before scores were named per split holds validation scores under the bare names."""
     prefix = SPLIT_PREFIXES[split]
     stored = [column for column in table.columns if column.startswith(prefix) and
-              column[len(prefix):].split("_ci_")[0] in ASPECTS]
+              column[len(prefix):].split("_ci_")[0] in SPLIT_FIGURES]
     if not stored:
         if split == "validation":
             return table

@@ -20,12 +20,14 @@ from ray.tune import Callback
 from igmu.metrics.base import ASPECTS
 from igmu.provenance import environment_tags
 from igmu.sweep.results import (
+    DEGENERATE,
     EARLY_STOPPED,
     HMEAN,
     INTERVAL_COLUMNS,
     NODE,
     SWEEP_TAG,
     TEST_PREFIX,
+    UNRECOGNISABLE_SHARE,
     VAL_PREFIX,
     WEIGHTS_DIR,
     WEIGHTS_MANIFEST,
@@ -38,7 +40,7 @@ PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "igmu.trial_id"
 INTERIM_PREFIX = "interim_"
 # Final scores named by the prompt split they were measured on (val_*, test_*), as in the results table.
-SPLIT_SCORES = (*ASPECTS, *INTERVAL_COLUMNS, "pre_asr", "post_asr")
+SPLIT_SCORES = (*ASPECTS, *INTERVAL_COLUMNS, "pre_asr", "post_asr", DEGENERATE, UNRECOGNISABLE_SHARE)
 # Tags of the runs the held-out stage makes: one per algorithm at its published defaults.
 ROLE_TAG, DEFAULTS_ROLE = "igmu.role", "defaults"
 # On each trial run: whether its changed weights are among its artifacts (`igmu export` needs them).
@@ -76,6 +78,7 @@ def start_parent_run(client, experiment: str, sweep_name: str, state_file: Path,
     client.log_text(parent.info.run_id, config_text, "sweep.yaml")
     update_sweep_state(state_file, experiment_id=experiment_id, parent_run_id=parent.info.run_id)
     return experiment_id, parent.info.run_id
+
 
 
 class MlflowTracker(Callback):
@@ -292,13 +295,17 @@ def record_weights(client, parent_run_id: str, rows: Iterable[Mapping], kept: se
 
 
 def split_metrics(card: Mapping, prefix: str) -> dict:
-    """A scorecard's aspect scores (and attack rates) as `<prefix><name>` metrics."""
+    """A scorecard's aspect scores (and attack rates, degenerate flag, unrecognisable share) as
+    `<prefix><name>` metrics."""
     aspects = card.get("aspects", {})
     values = {name: result["score"] for name, result in aspects.items()}
     values.update({key: end for name, result in aspects.items() if result.get("interval")
                    for key, end in zip(interval_keys(name), result["interval"])})
     values.update({name: aspects["robustness"][name] for name in ("pre_asr", "post_asr")
                    if name in aspects.get("robustness", {})})
+    values[DEGENERATE] = int(bool(card.get(DEGENERATE)))
+    if card.get(UNRECOGNISABLE_SHARE) is not None:
+        values[UNRECOGNISABLE_SHARE] = card[UNRECOGNISABLE_SHARE]
     return {prefix + name: float(v) for name, v in values.items() if _finite(v)}
 
 

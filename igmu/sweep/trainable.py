@@ -25,7 +25,16 @@ from igmu.metrics.context import Budget, EvalSettings, context_for
 from igmu.metrics.scorecard import build_context, scorecard
 from igmu.provenance import environment_tags
 from igmu.run import build_unlearner, changed_since, load_model_for, module_states, peak_memory_mb
-from igmu.sweep.results import CHANGED_FILE, HMEAN, NODE, WEIGHTS_DIR, WEIGHTS_MANIFEST, interval_keys
+from igmu.sweep.results import (
+    CHANGED_FILE,
+    DEGENERATE,
+    HMEAN,
+    NODE,
+    UNRECOGNISABLE_SHARE,
+    WEIGHTS_DIR,
+    WEIGHTS_MANIFEST,
+    interval_keys,
+)
 from igmu.sweep.space import trial_params
 
 SETTINGS_KEY = "igmu"
@@ -157,7 +166,8 @@ def trial_judges(place: str, generator, evaluation: EvalSettings):
 def _metrics(card: dict, step: int, final: bool) -> dict:
     scores = {aspect: float(result["score"]) for aspect, result in card["aspects"].items()}
     metrics = {"step": step, FINAL: final, **scores,
-               HMEAN: harmonic_mean(scores.get("forgetting", 0.0), scores.get("preservation", 0.0))}
+               HMEAN: harmonic_mean(scores.get("forgetting", 0.0), scores.get("preservation", 0.0)),
+               **degeneracy_metrics(card)}
     if "robustness" in card["aspects"]:
         metrics["pre_asr"] = card["aspects"]["robustness"]["pre_asr"]
         metrics["post_asr"] = card["aspects"]["robustness"]["post_asr"]
@@ -172,6 +182,13 @@ def interval_entries(card: dict) -> dict:
             low, high = interval_keys(aspect)
             entries[low], entries[high] = (float(end) for end in result["interval"])
     return entries
+
+
+def degeneracy_metrics(card: dict) -> dict:
+    """The scorecard's degenerate flag as 0/1 and its unrecognisable share (NaN where not judged)."""
+    share = card.get("unrecognisable_share")
+    return {DEGENERATE: int(bool(card.get("degenerate"))),
+            UNRECOGNISABLE_SHARE: math.nan if share is None else float(share)}
 
 
 def _finish(card: dict, ctx, unlearner, trial_dir: Path, seconds: float) -> dict:
