@@ -132,6 +132,17 @@ def test_fixed_sets_are_choices_refused_in_one_line(capsys, args, needle):
     assert err.count("\n") == 1 and needle in err and err.startswith("igmu: error: "), err
 
 
+def test_from_run_on_a_missing_store_is_one_line_and_creates_nothing(capsys, tmp_path, monkeypatch):
+    from igmu.cli.main import main
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    storage = tmp_path / "results"
+    assert main(["eval", "--from-run", "0" * 32, "--storage", str(storage)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no MLflow store at" in err and err.startswith("igmu: error: "), err
+    assert not storage.exists()
+
+
 def test_long_commands_take_quiet():
     from igmu.cli.main import cli
 

@@ -23,7 +23,9 @@ def rescore_run(run_id: str, split: str | None = None, storage: str | None = Non
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(resolve_tracking_uri(tracking_uri, None, results_root(storage)))
+    uri = resolve_tracking_uri(tracking_uri, None, results_root(storage))
+    check_store_exists(uri, run_id)
+    client = MlflowClient(uri)
     try:
         client.get_run(run_id)
     except MlflowException:
@@ -35,6 +37,14 @@ def rescore_run(run_id: str, split: str | None = None, storage: str | None = Non
         card = score_as_recorded(generator, recorded["reproduce"])
     return {"run_id": run_id, "split": recorded["reproduce"]["split"], "recorded": recorded, "rescored": card,
             "identical": same_scores(recorded, card)}
+
+
+def check_store_exists(uri: str, run_id: str) -> None:
+    """A SQLite store that is not there holds no run; opening it would create an empty one."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not Path(uri[len(prefix):]).is_file():
+        raise UsageError(f"--from-run {run_id!r}: no MLflow store at {uri}; valid: the --storage or --tracking-uri "
+                         f"of the sweep that made the run")
 
 
 def recorded_scorecard(client, run_id: str, split: str | None, scratch: Path) -> dict:
