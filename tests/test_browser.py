@@ -77,7 +77,7 @@ def write_ui_sweep(folder: Path) -> Path:
         search: {{sampler: random, num_samples: {TRIALS}, max_concurrent: 2, seed: 0}}
         objectives: {{forgetting: max, preservation: max}}
         early_stop: {{scheduler: none, eval_every: 2}}
-        eval: {{interim: small, final: full}}
+        eval: {{interim: small, final: full, held_out: none}}
         resources: {{cpu: 1}}
     """))
     return path

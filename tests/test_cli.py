@@ -85,17 +85,28 @@ TINY_RUN = {"esd": ["steps=2", "ddim_steps=4"], "salun": ["steps=2", "forget_ima
 SAVED_WEIGHTS = {"world": "model/unet/diffusion_pytorch_model.safetensors", "i2i": "model/model.safetensors"}
 
 
+# The small budget shrunk further: these runs check the path, not the scores.
+TINY_SMALL_BUDGET = {"small": {"forget": 6, "retain": 8, "related": 4, "paraphrase": 0}}
+
+
 @pytest.mark.parametrize("name", sorted(TINY_RUN))
 @pytest.mark.slow
-def test_run_end_to_end_saves_model_scorecard_and_grid(name, tmp_path):
+def test_run_end_to_end_saves_model_scorecard_and_grid(name, tmp_path, capsys, monkeypatch):
+    """`igmu run` as a user types it, in this process (a subprocess per algorithm would spend most of
+    its time importing the libraries again)."""
     from igmu.algorithms.base import ALGORITHMS
+    from igmu.cli.main import main
+    from igmu.metrics.context import BUDGET_SIZES_ENV
 
     assert set(TINY_RUN) == set(ALGORITHMS), "every registered algorithm needs an end-to-end run here"
+    monkeypatch.setenv(BUDGET_SIZES_ENV, json.dumps(TINY_SMALL_BUDGET))
     sets = [arg for pair in TINY_RUN[name] for arg in ("--set", pair)]
-    result = igmu("run", "--algorithm", name, "--target", "hazard", "--budget", "small", "--json",
-                  "--out", str(tmp_path / "out"), *sets)
-    assert result.returncode == 0, result.stderr
-    card = json.loads(result.stdout)
+    code = main(["run", "--algorithm", name, "--target", "hazard", "--budget", "small", "--json",
+                 "--out", str(tmp_path / "out"), *sets])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    card = json.loads(captured.out)
+    assert card["budget"] == "small"
     assert set(card["aspects"]) == {"forgetting", "preservation"}
     assert card["efficiency"]["changed_bytes"] > 0 and card["efficiency"]["seconds"] > 0
     kind = "i2i" if WorldImageToImage in ALGORITHMS[name].generator_kinds else "world"

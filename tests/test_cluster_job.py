@@ -90,7 +90,7 @@ def tiny_sweep(app_dir: Path) -> Path:
         objectives: {{forgetting: max, preservation: max}}
         early_stop: {{scheduler: none, eval_every: 2}}
         resources: {{cpu: 1}}
-        eval: {{interim: small, final: small}}
+        eval: {{interim: small, final: small, held_out: none}}
     """))
     return path.relative_to(app_dir)
 

@@ -225,7 +225,7 @@ def write_tiny_sweep(folder: Path) -> Path:
         search: {sampler: random, num_samples: 4, max_concurrent: 2, seed: 0}
         objectives: {efficiency_seconds: min}
         early_stop: {scheduler: none, eval_every: 2}
-        eval: {interim: small, final: small}
+        eval: {interim: small, final: small, held_out: none}
         resources: {cpu: 1}
         tracking: {keep_weights: front}
     """))

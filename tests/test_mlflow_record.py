@@ -124,7 +124,7 @@ def write_sweep(folder: Path) -> Path:
         search: {sampler: random, num_samples: 3, max_concurrent: 2, seed: 0}
         objectives: {forgetting: max, preservation: max}
         early_stop: {scheduler: none, eval_every: 2}
-        eval: {interim: small, final: small}
+        eval: {interim: small, final: small, held_out: none}
         resources: {cpu: 1}
     """))
     return path

@@ -97,6 +97,7 @@ def test_a_sweep_over_two_algorithms_runs_under_per_algorithm_asha(ray_session, 
         objectives: {forgetting: max, preservation: max}
         early_stop: {scheduler: asha, grace_period: 1, reduction_factor: 2, eval_every: 2}
         resources: {cpu: 1}
+        eval: {held_out: none}
     """))
     config = load_sweep(path)
     assert isinstance(make_scheduler(config), PerAlgorithmASHA)

@@ -29,7 +29,7 @@ def write_sweep(folder, name: str, judges: str):
         search: {{sampler: random, num_samples: 1, max_concurrent: 1, seed: 0}}
         early_stop: {{scheduler: none, eval_every: 1}}
         resources: {{cpu: 1}}
-        eval: {{judges: {judges}}}
+        eval: {{judges: {judges}, held_out: none}}
     """))
     return path
 

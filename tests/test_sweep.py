@@ -29,7 +29,7 @@ TINY_BUDGETS = {
 TINY_DEFAULTS = {"esd": {"steps": 2, "ddim_steps": 4, "batch_size": 2}}
 
 
-def write_sweep(folder, name, samples=4, steps=6, defaults=False):
+def write_sweep(folder, name, samples=4, steps=6, defaults=False, held_out="none"):
     path = folder / f"{name}.yaml"
     path.write_text(textwrap.dedent(f"""
         name: {name}
@@ -45,7 +45,7 @@ def write_sweep(folder, name, samples=4, steps=6, defaults=False):
         objectives: {{forgetting: max, preservation: max}}
         early_stop: {{scheduler: asha, grace_period: 1, reduction_factor: 2, eval_every: 2}}
         resources: {{cpu: 1}}
-        eval: {{defaults: {str(defaults).lower()}}}
+        eval: {{defaults: {str(defaults).lower()}, held_out: {held_out}}}
     """))
     return path
 
@@ -53,7 +53,7 @@ def write_sweep(folder, name, samples=4, steps=6, defaults=False):
 @pytest.fixture(scope="module")
 def finished_sweep(ray_session, tmp_path_factory):
     folder = tmp_path_factory.mktemp("sweep")
-    config = load_sweep(write_sweep(folder, "esd-tiny", samples=6, defaults=True))
+    config = load_sweep(write_sweep(folder, "esd-tiny", samples=6, defaults=True, held_out="front"))
     outcome = run_sweep(config, storage=str(folder / "results"), verbose=0,
                         extra_settings={"budget_sizes": TINY_BUDGETS, "defaults_overrides": TINY_DEFAULTS,
                                         "fail_once_marker": str(folder / "failed-once")})
