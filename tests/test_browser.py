@@ -51,7 +51,7 @@ TRAINING_VIEW = {"workflowType": "machine_learning"}
 # In 3.17 the tag alone does not change where an experiment opens: the URL above still must say so.
 EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 DRAG_STEP_PX, DRAG_STEP_MS = 5, 30
-MAX_GRID_SCROLLS, GRID_SCROLL_PX = 20, 135
+MAX_GRID_SCROLLS, GRID_SCROLL_PX, GRID_SETTLE_MS = 20, 135, 100
 SHOWN_SCORE_TOLERANCE = 1e-3
 SCREENSHOTS_ENV = "IGMU_SCREENSHOTS_DIR"
 CHROMIUM_ENV = "IGMU_CHROMIUM"
@@ -308,19 +308,18 @@ def fold_sections(page, titles: list[str]) -> None:
 
 
 def scroll_to_row(page, grid, metric: str) -> None:
-    """The Metrics table draws only the rows in its window (a virtualised grid); scroll it with the
-    mouse wheel, as a user would, until the row of `metric` is drawn."""
+    """The Metrics table draws only the rows in its window (a virtualised grid): scroll it down a few
+    rows at a time until the row of `metric` is drawn. The grid is scrolled by setting its scroll
+    position: in headless Chromium, mouse-wheel events over this grid left it where it was."""
     link = page.get_by_role("link", name=metric, exact=True)
     for _ in range(MAX_GRID_SCROLLS):
         if link.count():
             break
-        grid.hover()
-        page.mouse.wheel(0, GRID_SCROLL_PX)
+        grid.evaluate(f"grid => {{ grid.scrollTop += {GRID_SCROLL_PX}; }}")
+        page.wait_for_timeout(GRID_SETTLE_MS)
     expect_visible(link, f"the {metric!r} row of the compare view's Metrics table", page)
 
 
-@pytest.mark.skip(reason="fails since final scores are logged as val_*: the compare view's Metrics table was "
-                         "not found or scrolled to those rows; not debugged yet (see the session's closing note)")
 def test_the_compare_view_shows_two_trials_and_their_aspects(page, sweep, mlflow_server, screenshots):
     first, second = sweep["trials"][:2]
     ids = [first.info.run_id, second.info.run_id]
@@ -338,11 +337,13 @@ def test_the_compare_view_shows_two_trials_and_their_aspects(page, sweep, mlflow
     metric_names = page.locator(".ReactVirtualized__Grid",
                                 has=page.get_by_role("link", name="efficiency_seconds", exact=True))
     expect_visible(metric_names, "the Metrics table (its 'efficiency_seconds' row)", page)
+    # Held by its element: once scrolled, the row that found the table is no longer drawn.
+    grid = metric_names.first.element_handle()
     for aspect in SCORE_METRICS:
-        scroll_to_row(page, metric_names.first, aspect)
+        scroll_to_row(page, grid, aspect)
     # Back to the table's top, on screen as a whole, with the run names above it.
-    metric_names.first.evaluate("grid => { grid.scrollTop = 0; }")
-    metric_names.first.scroll_into_view_if_needed()
+    grid.evaluate("grid => { grid.scrollTop = 0; }")
+    grid.scroll_into_view_if_needed()
     save_screenshot(page, screenshots, "mlflow-compare.png")
 
 
