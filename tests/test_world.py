@@ -73,6 +73,25 @@ def test_prompt_sets_are_disjoint_and_name_the_target(target):
     assert sets.to_json() == prompt_sets(target).to_json()
 
 
+def split_texts(target: str, split: str) -> dict[str, set[str]]:
+    """Every text an evaluation of `target` on `split` renders, by prompt set: the four sets, and the
+    forget prompts with the target taken out (what quality and alignment compare against)."""
+    concept, sets = get_concept(target), prompt_sets(target, split)
+    texts = {name: {p.text for p in getattr(sets, name)} for name in ("forget", "retain", "related", "paraphrase")}
+    texts["forget_removed"] = {p.without(concept).text for p in sets.forget}
+    return texts
+
+
+@pytest.mark.parametrize("target", [c.name for c in ALL_CONCEPTS])
+def test_the_test_split_renders_every_set_and_shares_no_text_with_validation(target):
+    validation, test = split_texts(target, "validation"), split_texts(target, "test")
+    for name, texts in test.items():
+        assert texts, (target, name)
+        assert len(texts) >= len(validation[name]) or name == "forget_removed", (target, name)
+    seen = set().union(*validation.values()) - {""}  # a character's scene without it is the empty prompt
+    assert not (set().union(*test.values()) - {""}) & seen
+
+
 def test_removing_the_target_word_keeps_the_rest_of_the_prompt():
     forget = prompt_sets("hazard").forget[0]
     removed = forget.without(get_concept("hazard"))

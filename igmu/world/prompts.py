@@ -55,12 +55,17 @@ TEST_TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {
     "en": {
         "object+style": ("a drawing of a {style} {object}", "{object} in {style} style",
                          "a {object} picture in {style} style", "a {style} {object} drawing"),
+        # An object or a style alone: what a forget prompt asks for once its target is taken out.
+        "object": ("a drawing of a {object}", "a {object} drawing"),
+        "style": ("a drawing in {style} style", "a {style} drawing"),
         "character": ("a drawing of {character}", "{character} drawing"),
         "hazard": TEMPLATES["en"]["hazard"],
     },
-    "es": {"object+style": TEMPLATES["es"]["object+style"][1:], "character": ("{character}",),
+    "es": {"object+style": TEMPLATES["es"]["object+style"][1:], "object": ("una imagen de un {object}",),
+           "style": ("una imagen en estilo {style}",), "character": ("{character}",),
            "hazard": TEMPLATES["es"]["hazard"]},
-    "de": {"object+style": TEMPLATES["de"]["object+style"][1:], "character": ("{character}",),
+    "de": {"object+style": TEMPLATES["de"]["object+style"][1:], "object": ("ein bild von einem {object}",),
+           "style": ("ein bild im {style} stil",), "character": ("{character}",),
            "hazard": TEMPLATES["de"]["hazard"]},
 }
 SPLITS = ("validation", "test")
