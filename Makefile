@@ -20,8 +20,12 @@ demo: $(BIN)/igmu
 	$(BIN)/igmu world check
 	$(BIN)/igmu sweep sweeps/salun.yaml
 
+# Two pytest workers, each taking whole test files (module fixtures such as a sweep or a cluster stay
+# in one process): most slow tests wait on Ray, servers and subprocesses, so two at a time use the
+# cores that one leaves idle. TEST_WORKERS=0 runs everything in this process.
+TEST_WORKERS ?= 2
 test: $(BIN)/igmu
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # The inner loop: everything but the tests marked slow (Ray, Serve, end-to-end sweeps, real servers).
 test-fast: $(BIN)/igmu
