@@ -7,6 +7,8 @@ read back with a real MlflowClient on a SQLite store; the rest are fast checks o
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import textwrap
 from pathlib import Path
@@ -143,7 +145,10 @@ def recorded_sweep(ray_session, tmp_path_factory):
         patch.setenv("IGMU_BUDGET_SIZES", json.dumps(TINY_BUDGETS))
         patch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        assert main(["sweep", str(write_sweep(folder)), "--storage", str(storage)]) == 0
+        with contextlib.redirect_stdout(io.StringIO()) as shown:
+            assert main(["sweep", str(write_sweep(folder)), "--storage", str(storage), "--quiet"]) == 0
+    # --quiet leaves the summary and the front, without Ray Tune's trial tables.
+    assert "Trial status" not in shown.getvalue() and "Pareto front" in shown.getvalue(), shown.getvalue()[:2000]
     client = MlflowClient(default_tracking_uri(storage))
     parent = client.get_run(read_sweep_state(storage / "record-tiny" / "sweep.json")["parent_run_id"])
     children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")

@@ -27,7 +27,7 @@ SEARCH_LIMIT = 100
 @click.option("--resume", is_flag=True, help="Continue an interrupted sweep; finished trials are not rerun.")
 @quiet_option
 def sweep_command(sweep_file: Path, address: str | None, storage: str | None, tracking_uri: str | None,
-                  resume: bool) -> None:
+                  resume: bool, quiet: bool) -> None:
     """Search an algorithm's hyperparameters (Ray Tune + Optuna + ASHA); every trial goes to MLflow."""
     quiet_libraries()
     from igmu.sweep.file import load_sweep
@@ -35,7 +35,9 @@ def sweep_command(sweep_file: Path, address: str | None, storage: str | None, tr
     config = load_sweep(sweep_file)  # every mistake in the file surfaces here, before anything runs
     from igmu.sweep.engine import run_sweep
 
-    outcome = run_sweep(config, address=address, storage=storage, tracking_uri=tracking_uri, resume=resume)
+    # --quiet silences Ray Tune's trial tables too.
+    outcome = run_sweep(config, address=address, storage=storage, tracking_uri=tracking_uri, resume=resume,
+                        verbose=0 if quiet else 1)
     end_progress()
     click.echo(_sweep_summary(outcome, config))
     _show_front(outcome, config, storage)
