@@ -1,5 +1,5 @@
 """Errors that reach the user as one line, not as a traceback: exit code 2 for bad input, 1 for a run
-that failed as a whole."""
+that failed as a whole, 130 for a run the user stopped."""
 
 
 class UsageError(ValueError):
@@ -12,3 +12,9 @@ class RunFailed(RuntimeError):
     """Valid input, but the work failed as a whole (every trial of a sweep errored)."""
 
     exit_code = 1
+
+
+class RunInterrupted(RunFailed):
+    """The user stopped the run (Ctrl-C): what finished is kept, and the run can be resumed."""
+
+    exit_code = 130

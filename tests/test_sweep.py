@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -128,20 +129,31 @@ def test_bad_sweep_file_writes_nothing(tmp_path):
     assert "params.lr" in result.stderr and not (tmp_path / "results").exists()
 
 
-def test_resume_after_killing_the_driver(tmp_path):
-    """Kill the driver once a trial has finished; --resume completes the sweep without duplicates."""
+def test_resume_after_stopping_the_driver_with_ctrl_c(tmp_path):
+    """Ctrl-C once a trial has finished: the sweep stops with one line and exit code 130, scores nothing
+    on the held-out split, and --resume completes it without duplicates. (Killing the driver outright
+    is tests/test_cluster.py's case.)"""
     sweep = write_sweep(tmp_path, "resume-tiny", samples=3, steps=4)
     env = {**os.environ, "IGMU_RESULTS": str(tmp_path / "results"), "IGMU_BUDGET_SIZES": json.dumps(TINY_BUDGETS)}
     command = [sys.executable, "-m", "igmu.cli", "sweep", str(sweep)]
-    driver = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    driver = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                               start_new_session=True)
     trials = tmp_path / "results" / "resume-tiny" / "trials"
     deadline = time.time() + 300
     while time.time() < deadline and not (trials.exists() and any(trials.glob("*/scorecard.json"))):
         time.sleep(1)
-    os.killpg(driver.pid, 9)
-    driver.wait()
+    os.killpg(driver.pid, signal.SIGINT)  # what a terminal sends the whole foreground group on Ctrl-C
+    try:
+        _, stderr = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
     assert any(trials.glob("*/scorecard.json")), "no trial finished before the deadline"
+    assert driver.returncode == 130, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1].startswith("igmu: error: sweep resume-tiny: stopped with")
+    assert "Traceback" not in stderr
+    assert not (tmp_path / "results" / "resume-tiny" / "results.parquet").exists()
     resumed = subprocess.run(command + ["--resume"], env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     table = pd.read_parquet(tmp_path / "results" / "resume-tiny" / "results.parquet")

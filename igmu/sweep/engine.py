@@ -14,7 +14,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from igmu.errors import RunFailed, UsageError
+from igmu.errors import RunFailed, RunInterrupted, UsageError
 from igmu.metrics.context import BUDGET_SIZES_ENV
 from igmu.sweep.file import GRID_SAMPLER, Distribution, SweepConfig, check_resources, eval_settings
 from igmu.sweep.results import (
@@ -279,6 +279,7 @@ def run_sweep(config: SweepConfig, *, address: str | None = None, storage: str |
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
     with judges_service(config.eval.judges, config), driver_system_metrics(uri, parent, resume):
         grid = tuner.fit()
+        stop_if_interrupted(grid, config.name, client, parent)
         rows = result_rows(grid, MlflowClient(uri), experiment_id, parent)
         errors = [result.error for result in grid if result.error]
         held_out_stage(config, rows, space[SETTINGS_KEY], client, experiment_id, parent, tracker.tags)
@@ -292,6 +293,16 @@ def run_sweep(config: SweepConfig, *, address: str | None = None, storage: str |
                         f"{last_line(errors[0]) if errors else 'unknown'}; results: {table}")
     finish_parent(client, parent)
     return SweepOutcome(config.name, sweep_dir, table, uri, parent, rows, experiment_id)
+
+
+def stop_if_interrupted(grid, name: str, client, parent: str) -> None:
+    """Tune returns normally when stopped with Ctrl-C, leaving trials unfinished: then nothing is scored
+    on the held-out split and no results table is written, and `--resume` carries on."""
+    unfinished = len(grid) - grid.num_terminated - grid.num_errors
+    if unfinished > 0:
+        finish_parent(client, parent, "KILLED")
+        raise RunInterrupted(f"sweep {name}: stopped with {unfinished} trial(s) unfinished; finished trials are "
+                             f"kept, and `igmu sweep FILE --resume` continues it")
 
 
 def held_out_stage(config: SweepConfig, rows: list[dict], settings: dict, client, experiment_id: str,
