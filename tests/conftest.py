@@ -5,6 +5,11 @@ from pathlib import Path
 # Before any library import: never reach for the network, keep Ray quiet and small.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Under pytest-xdist (`make test`), one compute thread per worker and per subprocess it starts: two
+# workers of two threads each on two cores spin-wait on one another's cores and run many times slower.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for threads_variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(threads_variable, "1")
 
 import pytest
 
