@@ -10,7 +10,9 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import socket
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -278,8 +280,12 @@ def run_sweep(config: SweepConfig, *, address: str | None = None, storage: str |
                                       failure_config=tune.FailureConfig(max_failures=2),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
     with judges_service(config.eval.judges, config), driver_system_metrics(uri, parent, resume):
-        grid = tuner.fit()
-        stop_if_interrupted(grid, config.name, client, parent)
+        with ctrl_c_watch() as interrupted:
+            grid = tuner.fit()
+        if interrupted():
+            finish_parent(client, parent, "KILLED")
+            raise RunInterrupted(f"sweep {config.name}: stopped with Ctrl-C; finished trials are kept, and "
+                                 f"`igmu sweep FILE --resume` continues it")
         rows = result_rows(grid, MlflowClient(uri), experiment_id, parent)
         errors = [result.error for result in grid if result.error]
         held_out_stage(config, rows, space[SETTINGS_KEY], client, experiment_id, parent, tracker.tags)
@@ -295,14 +301,23 @@ def run_sweep(config: SweepConfig, *, address: str | None = None, storage: str |
     return SweepOutcome(config.name, sweep_dir, table, uri, parent, rows, experiment_id)
 
 
-def stop_if_interrupted(grid, name: str, client, parent: str) -> None:
-    """Tune returns normally when stopped with Ctrl-C, leaving trials unfinished: then nothing is scored
-    on the held-out split and no results table is written, and `--resume` carries on."""
-    unfinished = len(grid) - grid.num_terminated - grid.num_errors
-    if unfinished > 0:
-        finish_parent(client, parent, "KILLED")
-        raise RunInterrupted(f"sweep {name}: stopped with {unfinished} trial(s) unfinished; finished trials are "
-                             f"kept, and `igmu sweep FILE --resume` continues it")
+@contextlib.contextmanager
+def ctrl_c_watch():
+    """Yields a function that says, once Tune returned, whether Ctrl-C stopped it. Tune ends a stopped
+    search normally (its unfinished trials look stopped early), so the only sign is its own SIGINT
+    handler: installed on the main thread for the search, it puts back the one it found when Ctrl-C
+    arrives and stays when the search ends by itself (Ray is pinned in pyproject.toml). Either way,
+    the handler in place before the search is in place again after it."""
+    before = signal.getsignal(signal.SIGINT)
+    watched = threading.current_thread() is threading.main_thread() and \
+        not int(os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0"))
+    state = {}
+    try:
+        yield lambda: state.get("interrupted", False)
+    finally:
+        state["interrupted"] = watched and signal.getsignal(signal.SIGINT) is before
+        if watched:
+            signal.signal(signal.SIGINT, before)
 
 
 def held_out_stage(config: SweepConfig, rows: list[dict], settings: dict, client, experiment_id: str,
