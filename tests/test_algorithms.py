@@ -466,6 +466,9 @@ WORLD_DEFAULTS = {
     ("concept-prune", "object"): {"skill_ratio": 0.01, "timesteps": 10, "sampler_steps": 10, "guidance": 2.0},
     ("fmn", "object"): {"lr": 1e-5, "steps": 50, "train_method": "full", "include_eos": True},
     ("mace", "object"): {"lr": 1e-3, "lamb": 1.0, "masks": "render", "guide": "pseudo", "importance_sampling": False},
+    ("sdd", "object"): {"lr": 1e-3, "steps": 400, "batch_size": 4, "ema_decay": 0.999, "ddim_steps": 10,
+                        "train_method": "xattn", "reference": "anchor"},
+    ("sdd", "sensitive"): {"lr": 1e-3, "steps": 200, "reference": "anchor"},
 }
 OFFICIAL_SD = {
     ("esd", "object"): {"lr": 1e-5, "steps": 1000, "batch_size": 1, "negative_guidance": 1.0, "start_guidance": 3.0,
@@ -490,6 +493,9 @@ OFFICIAL_SD = {
     ("fmn", "object"): {"lr": 2e-6, "steps": 35, "batch_size": 1, "train_method": "full", "include_eos": True},
     ("mace", "object"): {"lr": 1e-5, "steps": 50, "batch_size": 1, "rank": 1, "lamb": 1e3, "masks": "attention",
                          "importance_sampling": True, "guide": "anchor"},
+    ("sdd", "sensitive"): {"lr": 1e-5, "steps": 1500, "batch_size": 1, "train_method": "xattn", "ema_decay": 0.999,
+                           "start_guidance": 1.0, "ddim_steps": 50, "reference": "unconditional",
+                           "weight_decay": 1e-4, "max_grad_norm": 1.0},
 }
 
 
@@ -778,3 +784,70 @@ def test_ffn_input_norms_are_wanda_norms_per_sampler_step(world):
     assert torch.allclose(norms.norms(0, name), step0.pow(2).mean(0).sqrt(), rtol=1e-5)
     assert torch.allclose(norms.norms(1, name), seen[1].reshape(-1, seen[1].shape[-1]).pow(2).mean(0).sqrt(), rtol=1e-5)
     assert not layer._forward_pre_hooks
+
+
+def test_sdd_distils_the_concept_towards_the_ema_teachers_unconditional_and_the_teacher_follows_by_ema(world):
+    import dataclasses as dc
+
+    decay = 0.9
+    overrides = tiny_overrides("sdd", ema_decay=decay, steps=3, reference="unconditional")  # the paper's target
+    sdd = build_unlearner("sdd", world, "ball", overrides, seed=0)
+    before = snapshot(world.unet)
+    sdd.prepare()
+    sdd.step()
+    sdd.step_index += 1
+    # After a step the student and the teacher differ, so the target below tells them apart.
+    state = sdd.rng.get_state()
+    batch = sdd.draw()
+    x_t, t = batch["x_t"], batch["t"]
+    assert torch.equal(batch["uncond"], world.encode_prompt([""] * sdd.params.batch_size))
+    with torch.no_grad():
+        student = world.unet(x_t, t, encoder_hidden_states=batch["cond"]).sample
+        teacher = sdd.teacher(x_t, t, encoder_hidden_states=batch["uncond"]).sample
+        student_uncond = world.unet(x_t, t, encoder_hidden_states=batch["uncond"]).sample
+    expected = F.mse_loss(student, teacher)
+    assert not torch.equal(teacher, student_uncond)
+    # x_t is the teacher's partial sample of the forget prompts, stopped at the drawn DDIM step.
+    sdd.rng.set_state(state)
+    chosen = pick(sdd.task.forget_prompts, sdd.params.batch_size, sdd.rng)
+    stop = int(torch.randint(0, sdd.params.ddim_steps, (1,), generator=sdd.rng))
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=sdd.rng))
+    teacher_gen = dc.replace(world, unet=sdd.teacher)
+    cond = world.encode_prompt([sdd.task.forget_prompts[i] for i in chosen])
+    with torch.no_grad():
+        sampled = teacher_gen.denoise(teacher_gen.initial_latents(len(chosen), seed), cond, sdd.params.ddim_steps,
+                                      sdd.params.start_guidance, stop_step=stop)
+    assert torch.equal(x_t, sampled) and torch.equal(t, world.scheduler.timesteps[stop].repeat(len(chosen)))
+    # The loss step() minimises is that one, and the teacher then moves by EMA.
+    sdd.rng.set_state(state)
+    teacher_before = snapshot(sdd.teacher)
+    losses = sdd.step()
+    sdd.step_index += 1
+    assert losses["loss"] == pytest.approx(float(expected), rel=1e-5)
+    student_after, teacher_after = world.unet.state_dict(), sdd.teacher.state_dict()
+    for name in sdd.trained:
+        ema = decay * teacher_before[name] + (1 - decay) * student_after[name]
+        assert torch.allclose(teacher_after[name], ema, rtol=1e-6, atol=1e-7), name
+        assert not torch.equal(teacher_after[name], teacher_before[name])
+    for name, value in teacher_after.items():
+        if name not in sdd.trained:
+            assert torch.equal(value, before[name]) and torch.equal(student_after[name], before[name])
+    changed = [k for k, v in student_after.items() if not torch.equal(before[k], v)]
+    assert changed and all("attn2" in k for k in changed)
+    assert set(sdd.trained) == {n for n, _ in world.unet.named_parameters() if "attn2" in n}
+    # The teacher is part of the state: a fresh unlearner restored from it has the same teacher.
+    fresh = build_unlearner("sdd", load("world", device="cpu"), "ball", overrides, seed=0)
+    fresh.prepare()
+    fresh.load_state_dict(sdd.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(fresh.teacher.state_dict().values(), teacher_after.values()))
+
+
+def test_sdd_anchor_reference_is_the_forget_prompt_without_the_target(world):
+    sdd = build_unlearner("sdd", world, "hazard", tiny_overrides("sdd", reference="anchor"), seed=3)
+    sdd.prepare()
+    state = sdd.rng.get_state()
+    batch = sdd.draw()
+    sdd.rng.set_state(state)
+    chosen = pick(sdd.task.forget_prompts, sdd.params.batch_size, sdd.rng)
+    assert torch.equal(batch["uncond"], world.encode_prompt([sdd.task.anchor_prompts[i] for i in chosen]))
+    assert all("hazard" not in sdd.task.anchor_prompts[i] for i in chosen)

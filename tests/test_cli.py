@@ -79,6 +79,7 @@ TINY_RUN = {"esd": ["steps=2", "ddim_steps=4"], "salun": ["steps=2", "forget_ima
             "concept-prune": ["sampler_steps=4", "prompts=4"],
             "fmn": ["steps=2", "forget_images=4"],
             "mace": ["steps=2", "forget_images=4", "preserve_prompts=10"],
+            "sdd": ["steps=2", "ddim_steps=4"],
             **{name: ["steps=2", "batch_size=4", "forget_images=4", "retain_images=4"]
                for name in ("i2i", "i2i-max-loss", "i2i-noisy-label", "i2i-retain-label", "i2i-random-encoder")}}
 # Where a saved run keeps the edited weights, by the kind of generator the algorithm edits.

@@ -79,7 +79,7 @@ def test_make_scheduler_picks_per_algorithm_asha_for_several_algorithms(name, ex
     assert type(scheduler) is expected
     if expected is PerAlgorithmASHA:  # compare.yaml: 150 steps every 25 -> 6 reports; UCE's one step -> 1
         assert scheduler.max_t_by_algorithm == {"esd": 6, "salun": 6, "uce": 1, "ca": 6, "erasediff": 6,
-                                                "rece": 1, "concept-prune": 1, "fmn": 6, "mace": 6}
+                                                "rece": 1, "concept-prune": 1, "fmn": 6, "mace": 6, "sdd": 6}
 
 
 @pytest.mark.slow

@@ -99,6 +99,30 @@ def pick(items: Sized, n: int, rng: torch.Generator) -> list[int]:
     return torch.randint(0, len(items), (n,), generator=rng).tolist()
 
 
+def partial_sample(generator: Generator, prompts: list[str], steps: int, guidance: float, rng: torch.Generator):
+    """Partial sampling (ESD, SDD): (x_t, t, cond) where x_t is `generator`'s sample of `prompts`
+    (`steps` sampler steps at CFG `guidance`) stopped at a random step, t that step's timestep and
+    cond the prompts' embeddings."""
+    stop = int(torch.randint(0, steps, (1,), generator=rng))
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=rng))
+    with torch.no_grad():
+        cond = generator.encode_prompt(prompts)
+        x_t = generator.denoise(generator.initial_latents(len(prompts), seed), cond, steps, guidance, stop_step=stop)
+    t = generator.scheduler.timesteps[stop].repeat(len(prompts))
+    return x_t, t, cond
+
+
+def reference_prompts(anchor_prompts: tuple[str, ...], chosen: list[int], reference: str) -> list[str]:
+    """The prompts whose prediction stands in for the unconditional one: the empty prompt (the
+    papers'), or with `anchor` each chosen forget prompt without its target (igmu's variant for
+    composite prompts)."""
+    if reference == "anchor":
+        return [anchor_prompts[i] for i in chosen]
+    if reference == "unconditional":
+        return [""] * len(chosen)
+    raise ValueError(f"unknown reference {reference!r}; valid: unconditional, anchor")
+
+
 @dataclass
 class PromptImages:
     """Original-model images of a prompt list (cycled to the requested count), as clean latents;

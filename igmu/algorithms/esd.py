@@ -14,7 +14,7 @@ from igmu.algorithms.base import (
     hyperparameter,
     register_algorithm,
 )
-from igmu.algorithms.common import ParameterSet, frozen_copy, pick
+from igmu.algorithms.common import ParameterSet, frozen_copy, partial_sample, pick, reference_prompts
 from igmu.models.text_to_image import TEXT_TO_IMAGE
 
 
@@ -86,15 +86,9 @@ class ESD(Unlearner):
         gen, p = self.generator, self.params
         chosen = pick(self.task.forget_prompts, p.batch_size, self.rng)
         prompts = [self.task.forget_prompts[i] for i in chosen]
-        references = [self.task.anchor_prompts[i] for i in chosen] if p.reference == "anchor" else [""] * len(chosen)
-        stop = int(torch.randint(0, p.ddim_steps, (1,), generator=self.rng))
-        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self.rng))
+        x_t, t, cond = partial_sample(gen, prompts, p.ddim_steps, p.start_guidance, self.rng)
         with torch.no_grad():
-            cond = gen.encode_prompt(prompts)
-            uncond = gen.encode_prompt(references)
-            x_t = gen.denoise(gen.initial_latents(len(prompts), seed), cond, p.ddim_steps, p.start_guidance,
-                              stop_step=stop)
-        t = gen.scheduler.timesteps[stop].repeat(len(prompts))
+            uncond = gen.encode_prompt(reference_prompts(self.task.anchor_prompts, chosen, p.reference))
         return {"x_t": x_t, "t": t, "cond": cond, "uncond": uncond}
 
     def loss(self, batch: dict) -> torch.Tensor:
