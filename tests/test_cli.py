@@ -35,7 +35,7 @@ def test_every_group_has_help():
     (["eval", "--target", "bal"], "did you mean ball"),
     (["eval", "--target", "ball", "--budget", "medium"], "valid: small, full"),
     (["eval", "--target", "ball", "--model", "missing/dir/x"], "does not exist"),
-    (["run", "--algorithm", "esdd", "--target", "ball"], "did you mean esd"),
+    (["run", "--algorithm", "esdx", "--target", "ball"], "did you mean esd"),
     (["run", "--algorithm", "esd", "--target", "ball", "--set", "eta=2"], "unknown hyperparameter 'eta'"),
     (["run", "--algorithm", "esd", "--target", "ball", "--set", "lr=7"], "out of range"),
     (["run", "--algorithm", "esd", "--target", "ball", "--set", "lr"], "not key=value"),
