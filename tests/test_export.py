@@ -247,18 +247,25 @@ def test_a_sweep_keeps_its_front_weights_and_exports_its_knee(ray_session, tmp_p
     client = MlflowClient(outcome.tracking_uri)
     runs = children(client, outcome)
     assert len(runs) == 4 and all(r.data.tags["status"] == "finished" for r in runs)
-    fastest = sorted(runs, key=lambda r: r.data.metrics["efficiency_seconds"])
+    # Ranked as the results table has them (what the retention policy and `igmu export` read); a
+    # degenerate trial (most images unrecognisable, as a tiny sweep's boldest steps can make) is never
+    # on the front, so it keeps no weights.
+    rows = {row["trial_id"]: row for row in outcome.rows}
+    fastest = sorted((r for r in runs if not rows[r.data.tags[TRIAL_TAG]]["val_degenerate"]),
+                     key=lambda r: rows[r.data.tags[TRIAL_TAG]]["efficiency_seconds"])
+    fastest += [r for r in runs if rows[r.data.tags[TRIAL_TAG]]["val_degenerate"]]
+    kept = min(3, sum(not row["val_degenerate"] for row in rows.values()))
     for rank, run in enumerate(fastest):
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert "weights" not in artifacts or rank < 3  # never uploaded with the trial's other artifacts
-        if rank < 3:
+        assert "weights" not in artifacts or rank < kept  # never uploaded with the trial's other artifacts
+        if rank < kept:
             assert run.data.tags[WEIGHTS_TAG] == "logged" and run.data.metrics["weights_bytes"] > 0
             weights = {a.path for a in client.list_artifacts(run.info.run_id, "weights")}
             assert weights == {"weights/changed.safetensors", "weights/manifest.json"}
         else:
             assert run.data.tags[WEIGHTS_TAG] == "not-kept" and "weights" not in artifacts
     parent = client.get_run(outcome.parent_run_id).data
-    assert parent.metrics["weights_kept"] == 3 and parent.tags["igmu.keep_weights"] == "front"
+    assert parent.metrics["weights_kept"] == kept and parent.tags["igmu.keep_weights"] == "front"
 
     knee = fastest[0]
     out = tmp_path / "exported"

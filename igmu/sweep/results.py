@@ -134,7 +134,8 @@ def param_columns(params: Mapping) -> dict:
 
 def kept_trials(rows: Iterable[Mapping], objectives: Mapping[str, str], policy: str) -> set:
     """Trial ids whose weights `policy` keeps: finished trials only (early-stopped ones wrote no
-    weights); under `front`, the Pareto front on `objectives` and the KEEP_TOP best on the first."""
+    weights); under `front`, the Pareto front on `objectives` and the KEEP_TOP best on the first,
+    both among the trials that are not degenerate."""
     if policy not in KEEP_WEIGHTS:
         raise UsageError(f"unknown keep_weights policy {policy!r}; valid: {', '.join(KEEP_WEIGHTS)}")
     finished = [row for row in rows if row["status"] == FINISHED]
@@ -144,6 +145,8 @@ def kept_trials(rows: Iterable[Mapping], objectives: Mapping[str, str], policy: 
 
     from igmu.sweep.dominance import MAXIMISE, non_dominated
 
+    # The analysis leaves degenerate trials out of the front, so `igmu export --knee` never asks for them.
+    finished = [row for row in finished if not row.get(VAL_PREFIX + DEGENERATE)]
     if not finished:
         return set()
     names, directions = list(objectives), list(objectives.values())
