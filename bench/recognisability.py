@@ -12,14 +12,13 @@ Usage: python bench/recognisability.py [--seeds 0,1000,2000] [--images FILE.pt] 
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from igmu.metrics.recognisability import image_statistics
+from igmu.metrics.recognisability import gaussian_blur, image_statistics
 from igmu.models.judges import load_world_judges
 from igmu.models.loader import load
 from igmu.world.concepts import ALL_CONCEPTS
@@ -55,15 +54,6 @@ def zeroed_unet_images(prompts: list[str], bias: float) -> torch.Tensor:
         model.unet.conv_out.weight.zero_()
         model.unet.conv_out.bias.fill_(bias)
     return model.sample(prompts, seed=0)
-
-
-def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    radius = int(math.ceil(3 * sigma))
-    taps = torch.exp(-torch.arange(-radius, radius + 1.0) ** 2 / (2 * sigma**2))
-    taps = (taps / taps.sum()).repeat(images.shape[1], 1, 1, 1)
-    padded = F.pad(images, (radius,) * 4, mode="reflect")
-    across = F.conv2d(padded, taps.view(images.shape[1], 1, 1, -1), groups=images.shape[1])
-    return F.conv2d(across, taps.view(images.shape[1], 1, -1, 1), groups=images.shape[1])
 
 
 def image_sets(generated: torch.Tensor) -> dict[str, torch.Tensor]:

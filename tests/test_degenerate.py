@@ -17,6 +17,7 @@ from igmu.metrics.recognisability import (
     DEGENERATE_SHARE,
     ImageOutcomes,
     degeneracy,
+    gaussian_blur,
     image_statistics,
     unrecognisable_images,
 )
@@ -34,15 +35,6 @@ TARGETS = ("ball", "ember", "hazard")
 def renders(n: int, seed: int) -> torch.Tensor:
     rng = np.random.default_rng(seed)
     return torch.from_numpy(render_batch([random_scene(rng) for _ in range(n)])).permute(0, 3, 1, 2)
-
-
-def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    radius = int(math.ceil(3 * sigma))
-    taps = torch.exp(-torch.arange(-radius, radius + 1.0) ** 2 / (2 * sigma**2))
-    taps = (taps / taps.sum()).repeat(images.shape[1], 1, 1, 1)
-    padded = F.pad(images, (radius,) * 4, mode="reflect")
-    across = F.conv2d(padded, taps.view(images.shape[1], 1, 1, -1), groups=images.shape[1])
-    return F.conv2d(across, taps.view(images.shape[1], 1, -1, 1), groups=images.shape[1])
 
 
 def unreadable_images(size: int = 32, n: int = 6) -> dict[str, torch.Tensor]:

@@ -15,6 +15,7 @@ thresholds are calibrated in docs/metrics.md ("Recognisable images").
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -167,3 +168,14 @@ def degeneracy(judged: Iterable[torch.Tensor]) -> dict:
         return {"degenerate": False, "unrecognisable_share": None}
     share = float(sum(int(f.sum()) for f in flags)) / count
     return {"degenerate": share > DEGENERATE_SHARE, "unrecognisable_share": round(share, 6)}
+
+
+def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (N, C, H, W) images, `sigma` in pixels: the blur the `blurred`
+    threshold was calibrated against (bench/recognisability.py) and tested with."""
+    radius = int(math.ceil(3 * sigma))
+    taps = torch.exp(-torch.arange(-radius, radius + 1.0) ** 2 / (2 * sigma**2))
+    taps = (taps / taps.sum()).repeat(images.shape[1], 1, 1, 1)
+    padded = F.pad(images, (radius,) * 4, mode="reflect")
+    across = F.conv2d(padded, taps.view(images.shape[1], 1, 1, -1), groups=images.shape[1])
+    return F.conv2d(across, taps.view(images.shape[1], 1, -1, 1), groups=images.shape[1])
