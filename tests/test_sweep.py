@@ -257,3 +257,46 @@ def test_the_sweep_summary_reads_the_stored_rows(finished_sweep):
     assert "hypervolume" in front_summary(outcome.rows, config.objectives)
     summary = _sweep_summary(outcome, config)
     assert "best forgetting" in summary and "held-out test split" in summary and " -> " in summary
+
+
+def test_every_trial_records_where_its_time_went(finished_sweep):
+    """Each trial run carries its worker's seconds per phase and the driver's span of the trial; the
+    span covers the work, and the orchestration logged is exactly the rest."""
+    from mlflow.tracking import MlflowClient
+
+    from igmu.sweep import profile
+
+    outcome, _ = finished_sweep
+    client = MlflowClient(outcome.tracking_uri)
+    for run in children(client, outcome):
+        metrics = run.data.metrics
+        work = profile.work_seconds(metrics)
+        wall = metrics[profile.key(profile.WALL)]
+        assert metrics[profile.key(profile.SETUP)] > 0 and metrics[profile.key(profile.STEPS)] > 0
+        assert metrics[profile.key(profile.INTERIM_GENERATION)] > 0 and metrics[profile.key(profile.INTERIM_JUDGING)] > 0
+        assert work <= wall
+        assert metrics[profile.key(profile.ORCHESTRATION)] == pytest.approx(wall - work, abs=1e-3)
+        finished = run.data.tags["status"] == "finished"
+        assert (metrics[profile.key(profile.FINAL_JUDGING)] > 0) == finished
+        assert (metrics[profile.key(profile.ARTIFACTS)] > 0) == finished
+    parent = client.get_run(outcome.parent_run_id).data.metrics
+    assert parent[profile.key(profile.SEARCH)] > 0 and parent[profile.key(profile.HELD_OUT)] > 0
+
+
+def test_the_profile_bench_adds_up_a_finished_sweep(finished_sweep):
+    import importlib.util
+    from pathlib import Path
+
+    outcome, folder = finished_sweep
+    path = Path(__file__).resolve().parents[1] / "bench" / "sweep_profile.py"
+    spec = importlib.util.spec_from_file_location("sweep_profile", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.report(str(folder / "esd-tiny.yaml"), str(folder / "results"), existing=True)
+    total = result["total"]
+    assert total["trials"] == total["trials_with_span"] == 6
+    assert sum(trial["wall"] for trial in result["trials"]) == pytest.approx(total["trial_wall_s"], abs=0.05)
+    shares = total["share"]
+    parts = [name for name in bench.GROUPS] + ["orchestration"]
+    assert sum(shares[name] for name in parts) == pytest.approx(1.0, abs=0.01)
+    assert 0.0 <= result["sweep_times"]["slot_idle_share"] < 1.0

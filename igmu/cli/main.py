@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -13,13 +14,21 @@ from igmu.cli.serve import serve_group
 from igmu.cli.sweeps import results_command, sweep_command, ui_command
 from igmu.cli.world import world
 from igmu.errors import RunFailed, UsageError
+from igmu.threads import THREADS_VARIABLE, requested_threads
 
 
 @click.group()
 @click.version_option(package_name="igmu")
-def cli() -> None:
+@click.option("--threads", type=click.IntRange(min=1), default=None, metavar="N",
+              help=f"torch threads per process (default: 1 for a small model such as the world's, else every "
+                   f"CPU the process may use; also {THREADS_VARIABLE}).")
+def cli(threads: int | None) -> None:
     """igmu: sweep machine-unlearning algorithms for image generators and score every run on five
     aspects (forgetting, preservation, quality, alignment, robustness)."""
+    if threads is not None:
+        # Through the environment, so the Ray workers a local sweep starts choose the same.
+        os.environ[THREADS_VARIABLE] = str(threads)
+    requested_threads()  # a bad IGMU_THREADS is refused before any work starts
 
 
 

@@ -95,7 +95,11 @@ def world_build(out: Path | None, seed: int, judge_steps: int | None, generator_
     and save them as safetensors."""
     quiet_libraries()
     from igmu.models.build import BuildConfig, build_world
+    from igmu.threads import use_threads
     from igmu.world.assets import assets_dir
+
+    # Training's thread count is not tied to one model's size (it trains several): every usable CPU.
+    use_threads()
 
     config = BuildConfig(seed=seed)
     if judge_steps:

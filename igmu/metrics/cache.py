@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -38,6 +39,8 @@ class ImageCache:
         self._memory: dict[str, torch.Tensor] = {}
         self.hits = 0
         self.misses = 0
+        # Time spent sampling images, so a caller can split an evaluation into generation and judging.
+        self.generation_seconds = 0.0
 
     def images(self, generator: Generator, prompts: list[str], seed: int, steps: int | None = None,
                guidance: float | None = None, seeds: list[int] | None = None,
@@ -55,11 +58,13 @@ class ImageCache:
         images = self._load(key)
         if images is None:
             self.misses += 1
+            started = time.perf_counter()
             if seeds is None:
                 images = generator.sample(prompts, seed=seed, steps=settings["steps"], guidance=settings["guidance"])
             else:
                 images = generator.sample_seeded(prompts, seeds, steps=settings["steps"],
                                                  guidance=settings["guidance"], guidances=guidances)
+            self.generation_seconds += time.perf_counter() - started
             progress.count(GENERATED, len(prompts))
             self._store(key, images, {"model": fingerprint, "prompts": prompts, "seed": seed,
                                       "seeds": seeds, "guidances": guidances, **settings,

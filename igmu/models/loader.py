@@ -9,6 +9,7 @@ from igmu.errors import UsageError
 from igmu.models.image_to_image import WorldImageToImage
 from igmu.models.kinds import SHIPPED_MODEL_NAMES, GeneratorKind, kind_names
 from igmu.models.text_to_image import StableDiffusion, WorldTextToImage
+from igmu.threads import use_threads
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
 VALID_MODELS = "'base', a model folder, or a cached hub id"
@@ -74,11 +75,13 @@ def looks_like_hub_id(location: str) -> bool:
 
 def load(model: str = "base", kinds=ALL_KINDS, device: str | None = None, precision: str = "fp32"):
     """Load `model` ('base', a folder or a cached hub id) as one of `kinds`; nothing is downloaded,
-    and weights load from safetensors only."""
+    and weights load from safetensors only. Sets torch's thread count for the model's size
+    (`igmu.threads`): every command computes with what it loads."""
     kind = kind_of(model, kinds)
     location = kind.shipped_folder() if model in SHIPPED_MODEL_NAMES else cached_or_local(model)
     generator = kind.load_folder(Path(location), device, precision)
     generator.source = generator.origin = str(model)
+    use_threads(sum(parameter.numel() for parameter in generator.unet.parameters()))
     return generator
 
 

@@ -13,11 +13,13 @@ import os
 import signal
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from igmu.errors import RunFailed, RunInterrupted, UsageError
 from igmu.metrics.context import BUDGET_SIZES_ENV
+from igmu.sweep import profile
 from igmu.sweep.file import GRID_SAMPLER, Distribution, SweepConfig, check_resources, eval_settings
 from igmu.sweep.results import (
     EARLY_STOPPED,
@@ -131,7 +133,7 @@ def trial_settings(config: SweepConfig, sweep_dir: Path, **extra) -> dict:
             "eval_every": config.early_stop.eval_every, "interim_budget": config.eval.interim,
             "final_budget": config.eval.final, "judges": config.eval.judges, "objectives": list(config.objectives),
             "out_dir": str(sweep_dir / TRIALS_DIR), "cache_dir": str(sweep_dir / "images"),
-            "threads": max(1, int(config.resources.cpu)), "precision": config.precision, "device": config.device,
+            "precision": config.precision, "device": config.device,
             "eval_settings": dataclasses.asdict(eval_settings(config.category, config.prompts, config.precision,
                                                               config.eval)),
             **_budget_sizes_from_env(), **extra}
@@ -280,15 +282,19 @@ def run_sweep(config: SweepConfig, *, address: str | None = None, storage: str |
                                       failure_config=tune.FailureConfig(max_failures=2),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
     with judges_service(config.eval.judges, config), driver_system_metrics(uri, parent, resume):
+        search_started = time.monotonic()
         with ctrl_c_watch() as interrupted:
             grid = tuner.fit()
+        client.log_metric(parent, profile.key(profile.SEARCH), time.monotonic() - search_started)
         if interrupted():
             finish_parent(client, parent, "KILLED")
             raise RunInterrupted(f"sweep {config.name}: stopped with Ctrl-C; finished trials are kept, and "
                                  f"`igmu sweep FILE --resume` continues it")
         rows = result_rows(grid, MlflowClient(uri), experiment_id, parent)
         errors = [result.error for result in grid if result.error]
+        held_out_started = time.monotonic()
         held_out_stage(config, rows, space[SETTINGS_KEY], client, experiment_id, parent, tracker.tags)
+        client.log_metric(parent, profile.key(profile.HELD_OUT), time.monotonic() - held_out_started)
     table = write_table(rows, sweep_dir / TABLE_FILE)
     # Only now is the front known, so only now can the retention policy pick whose weights to keep.
     record_weights(client, parent, rows, kept_trials(rows, config.objectives, config.tracking.keep_weights),

@@ -19,6 +19,7 @@ from ray.tune import Callback
 
 from igmu.metrics.base import ASPECTS
 from igmu.provenance import environment_tags
+from igmu.sweep import profile
 from igmu.sweep.results import (
     DEGENERATE,
     EARLY_STOPPED,
@@ -99,8 +100,12 @@ class MlflowTracker(Callback):
         self.run_ids: dict[str, str] = {}
         self.described: set[str] = set()  # trials whose run carries its worker's environment tags
         self.nodes: dict[str, list[str]] = {}  # trial id -> the nodes it ran on, as its run records them
+        self.started: dict[str, float] = {}  # trial id -> when Tune started it (monotonic), for its profile
 
     # --- Tune callback hooks -------------------------------------------------------------
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.started[trial.trial_id] = time.monotonic()
+
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run_id = self._run_for(trial)
         step = int(result.get("step", result.get("training_iteration", 0)))
@@ -108,13 +113,15 @@ class MlflowTracker(Callback):
         self._log_metrics(run_id, loss_metrics(result.get(LOSS_STEPS) or []))
         metrics = {k: float(v) for k, v in result.items() if k in (*ASPECTS, *INTERVAL_COLUMNS, HMEAN)
                    and _finite(v)}
+        phases = {k: float(v) for k, v in result.items() if k.startswith(profile.PREFIX) and _finite(v)}
         if result.get(FINAL):
             final = {(VAL_PREFIX + k if k in SPLIT_SCORES else k): float(v) for k, v in result.items()
                      if (k in SPLIT_SCORES or k.startswith("efficiency_")) and _finite(v)}
-            self.client.log_batch(run_id, metrics=_metric_list(final, step))
+            self.client.log_batch(run_id, metrics=_metric_list({**final, **phases}, step))
             self._log_artifacts(run_id, result.get("artifacts_dir"))
         else:
-            self.client.log_batch(run_id, metrics=_metric_list({INTERIM_PREFIX + k: v for k, v in metrics.items()}, step))
+            interim = {INTERIM_PREFIX + k: v for k, v in metrics.items()}
+            self.client.log_batch(run_id, metrics=_metric_list({**interim, **phases}, step))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         done = bool((trial.last_result or {}).get(FINAL))
@@ -177,10 +184,22 @@ class MlflowTracker(Callback):
 
     def _close(self, trial, status: str, early_stopped: bool) -> None:
         run_id = self._run_for(trial)
+        self._log_span(trial, run_id)
         label = EARLY_STOPPED if early_stopped and status == "FINISHED" else status.lower()
         self.client.set_tag(run_id, "status", label)
         self.client.set_tag(run_id, "early_stopped", str(early_stopped).lower())
         self.client.set_terminated(run_id, "KILLED" if early_stopped else status)
+
+    def _log_span(self, trial, run_id: str) -> None:
+        """The trial's time on its slot as the driver saw it, and the share of it that was orchestration."""
+        started = self.started.pop(trial.trial_id, None)
+        if started is None:
+            return
+        wall = time.monotonic() - started
+        last = trial.last_result or {}
+        span = {profile.key(profile.WALL): wall,
+                profile.key(profile.ORCHESTRATION): profile.orchestration_seconds(wall, last)}
+        self.client.log_batch(run_id, metrics=_metric_list(span, int(last.get("step", 0))))
 
     def _log_artifacts(self, run_id: str, folder: str | None) -> None:
         """Everything the trial wrote but its weights, which wait for the retention decision."""

@@ -25,6 +25,8 @@ from igmu.metrics.context import Budget, EvalSettings, context_for
 from igmu.metrics.scorecard import build_context, scorecard
 from igmu.provenance import environment_tags
 from igmu.run import build_unlearner, changed_since, load_model_for, module_states, peak_memory_mb
+from igmu.sweep import profile
+from igmu.sweep.profile import PhaseClock
 from igmu.sweep.results import (
     CHANGED_FILE,
     DEGENERATE,
@@ -56,41 +58,52 @@ def run_trial(config: dict) -> None:
     settings = config[SETTINGS_KEY]
     fail_once_marker = settings.get("fail_once_marker")
     algorithm, overrides = trial_params(config)
-    torch.set_num_threads(max(1, int(settings.get("threads", 1))))
-    evaluation = EvalSettings(**settings.get("eval_settings", {}))
-    precision = settings.get("precision", "fp32")
-    device = settings.get("device")
-    generator = load_model_for(algorithm, settings["model"], device=device, precision=precision)
-    unlearner = build_unlearner(algorithm, generator, settings["target"], overrides, seed=settings["seed"],
-                                category=evaluation.category, anchor=settings.get("anchor"),
-                                prompts=evaluation.prompts)
-    original = load_model_for(algorithm, settings["model"], device=device, precision=precision)
-    judges = trial_judges(settings.get("judges", "local"), generator, evaluation)
-    cache = ImageCache(settings.get("cache_dir"))
-    unlearner.prepare()
-    elapsed = _restore(unlearner)
+    clock = PhaseClock()
+    with clock.phase(profile.SETUP):
+        evaluation = EvalSettings(**settings.get("eval_settings", {}))
+        precision = settings.get("precision", "fp32")
+        device = settings.get("device")
+        generator = load_model_for(algorithm, settings["model"], device=device, precision=precision)
+        unlearner = build_unlearner(algorithm, generator, settings["target"], overrides, seed=settings["seed"],
+                                    category=evaluation.category, anchor=settings.get("anchor"),
+                                    prompts=evaluation.prompts)
+        original = load_model_for(algorithm, settings["model"], device=device, precision=precision)
+        judges = trial_judges(settings.get("judges", "local"), generator, evaluation)
+        cache = ImageCache(settings.get("cache_dir"))
+        unlearner.prepare()
+        elapsed = _restore(unlearner, clock)
     trial_dir = Path(settings["out_dir"]) / tune.get_context().get_trial_id()
     eval_every = max(1, int(settings["eval_every"]))
     started = time.time() - elapsed
     # Losses of the steps since the last report: reports happen only at evaluations (ASHA counts
     # reports), so each one carries the curve between them.
     pending: list[dict] = []
+    # Unlearning steps are timed as the span between one step callback and the next.
+    last_callback = [time.perf_counter()]
 
-    def evaluate(budget: str) -> dict:
+    def evaluate(budget: str, final: bool) -> dict:
+        generated_before, evaluation_started = cache.generation_seconds, time.perf_counter()
         ctx = build_context(generator, settings["target"], trial_budget(settings, budget), original=original,
                             judges=judges, cache=cache, seed=settings["seed"], settings=evaluation)
-        return scorecard(ctx), ctx
+        card = scorecard(ctx)
+        generation = cache.generation_seconds - generated_before
+        clock.add(profile.FINAL_GENERATION if final else profile.INTERIM_GENERATION, generation)
+        clock.add(profile.FINAL_JUDGING if final else profile.INTERIM_JUDGING,
+                  time.perf_counter() - evaluation_started - generation)
+        return card, ctx
 
     def on_step(step: int, losses: dict) -> None:
+        clock.add(profile.STEPS, time.perf_counter() - last_callback[0])
         pending.append({"step": step, **{name: float(value) for name, value in losses.items()}})
         last = step >= unlearner.total_steps
         if step % eval_every and not last:
+            last_callback[0] = time.perf_counter()
             return
         if fail_once_marker and not Path(fail_once_marker).exists():
             Path(fail_once_marker).write_text("failed once")
             raise RuntimeError("injected failure (test hook)")
         generator.train_mode(False)
-        card, ctx = evaluate(settings["final_budget"] if last else settings["interim_budget"])
+        card, ctx = evaluate(settings["final_budget"] if last else settings["interim_budget"], final=last)
         generator.train_mode(True)
         metrics = {**_metrics(card, step, last), **loss_entries(pending),
                    ENVIRONMENT: {**environment_tags(), **node_record()}}
@@ -98,9 +111,11 @@ def run_trial(config: dict) -> None:
         for objective in settings["objectives"]:  # searchers need every objective in every report
             metrics.setdefault(objective, math.nan)
         if last:
-            metrics.update(_finish(card, ctx, unlearner, trial_dir, time.time() - started))
-            write_weights(trial_dir / WEIGHTS_DIR, unlearner, original, settings)
-        _report(metrics, unlearner, time.time() - started)
+            with clock.phase(profile.ARTIFACTS):
+                metrics.update(_finish(card, ctx, unlearner, trial_dir, time.time() - started))
+                write_weights(trial_dir / WEIGHTS_DIR, unlearner, original, settings)
+        _report(metrics, unlearner, time.time() - started, clock)
+        last_callback[0] = time.perf_counter()
 
     if unlearner.step_index >= unlearner.total_steps:
         # Restored from its final checkpoint: the driver died after the final report was checkpointed
@@ -128,7 +143,6 @@ def trial_budget(settings: dict, budget: str) -> Budget | str:
 def evaluation_model(settings: dict, algorithm: str):
     """The sweep's model, loaded as a trial loads it, and a function giving any state of it the final
     scorecard a trial's evaluation settings give (used to score trials again after the search)."""
-    torch.set_num_threads(max(1, int(settings.get("threads", 1))))
     evaluation = EvalSettings(**settings.get("eval_settings", {}))
     device, precision = settings.get("device"), settings.get("precision", "fp32")
     generator = load_model_for(algorithm, settings["model"], device=device, precision=precision)
@@ -224,20 +238,29 @@ def write_weights(folder: Path, unlearner, original, settings: dict) -> dict:
     return manifest
 
 
-def _report(metrics: dict, unlearner, elapsed: float) -> None:
+def _report(metrics: dict, unlearner, elapsed: float, clock: PhaseClock) -> None:
+    """Checkpoint and report. The checkpoint's writing is timed as such; handing the report to Tune is
+    timed as `report` (Tune persists the checkpoint and waits for the driver to take the result)."""
     with tempfile.TemporaryDirectory() as folder:
-        torch.save({"unlearner": unlearner.state_dict(), "elapsed": elapsed}, os.path.join(folder, STATE_FILE))
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+        with clock.phase(profile.CHECKPOINT):
+            torch.save({"unlearner": unlearner.state_dict(), "elapsed": elapsed, "profile": dict(clock.seconds)},
+                       os.path.join(folder, STATE_FILE))
+        measured = clock.report()
+        with clock.phase(profile.REPORT):
+            tune.report({**metrics, **measured}, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
-def _restore(unlearner) -> float:
-    """Resume from the trial's latest checkpoint, if Tune handed one back; returns elapsed seconds."""
+def _restore(unlearner, clock: PhaseClock) -> float:
+    """Resume from the trial's latest checkpoint, if Tune handed one back; returns elapsed seconds and
+    adds the checkpointed phase times to `clock`."""
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return 0.0
     with checkpoint.as_directory() as folder:
         state = torch.load(os.path.join(folder, STATE_FILE), weights_only=True)
     unlearner.load_state_dict(state["unlearner"])
+    for phase, seconds in state.get("profile", {}).items():
+        clock.add(phase, float(seconds))
     return float(state["elapsed"])
 
 

@@ -1,0 +1,99 @@
+"""Threads are chosen from what the process was given and the model's size (igmu/threads.py)."""
+
+import os
+
+import pytest
+import torch
+
+from igmu import threads
+from igmu.errors import UsageError
+
+
+@pytest.fixture(autouse=True)
+def restore_torch_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_a_small_model_computes_on_one_thread_and_a_large_one_on_every_usable_cpu(monkeypatch):
+    monkeypatch.delenv(threads.THREADS_VARIABLE, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert threads.chosen_threads(threads.SMALL_MODEL_PARAMETERS - 1) == 1
+    assert threads.chosen_threads(threads.SMALL_MODEL_PARAMETERS) == threads.usable_cpus()
+    assert threads.chosen_threads(None) == threads.usable_cpus()
+
+
+def test_usable_cpus_honour_affinity_and_the_given_omp_num_threads(monkeypatch):
+    affinity = len(os.sched_getaffinity(0))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert threads.usable_cpus() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", str(affinity + 5))
+    assert threads.usable_cpus() <= affinity
+
+
+def test_igmu_threads_overrides_the_choice(monkeypatch):
+    monkeypatch.setenv(threads.THREADS_VARIABLE, "3")
+    assert threads.chosen_threads(10) == 3 and threads.use_threads(10) == 3 and torch.get_num_threads() == 3
+
+
+@pytest.mark.parametrize("bad", ["0", "two", "-1", "1.5"])
+def test_a_bad_igmu_threads_is_refused_naming_the_variable(monkeypatch, bad):
+    monkeypatch.setenv(threads.THREADS_VARIABLE, bad)
+    with pytest.raises(UsageError, match=f"IGMU_THREADS={bad!r}.*valid: a whole number >= 1"):
+        threads.chosen_threads(10)
+
+
+@pytest.mark.parametrize("v2_text, expected", [("max 100000\n", None), ("150000 100000\n", 2),
+                                                ("100000 100000\n", 1), ("garbage\n", None)])
+def test_a_cgroup_v2_quota_is_read_in_whole_cpus(tmp_path, v2_text, expected):
+    (tmp_path / "cpu.max").write_text(v2_text)
+    assert threads.cgroup_cpu_quota(v2=tmp_path / "cpu.max", v1_quota=tmp_path / "none",
+                                    v1_period=tmp_path / "none") == expected
+
+
+def test_a_cgroup_v1_quota_is_read_in_whole_cpus(tmp_path):
+    (tmp_path / "quota").write_text("250000\n")
+    (tmp_path / "period").write_text("100000\n")
+    assert threads.cgroup_cpu_quota(v2=tmp_path / "absent", v1_quota=tmp_path / "quota",
+                                    v1_period=tmp_path / "period") == 3
+    (tmp_path / "quota").write_text("-1\n")
+    assert threads.cgroup_cpu_quota(v2=tmp_path / "absent", v1_quota=tmp_path / "quota",
+                                    v1_period=tmp_path / "period") is None
+
+
+def test_loading_the_world_model_sets_one_thread(monkeypatch):
+    from igmu.models.loader import load
+
+    monkeypatch.delenv(threads.THREADS_VARIABLE, raising=False)
+    torch.set_num_threads(2)
+    load("base")
+    assert torch.get_num_threads() == 1
+
+
+def test_the_threads_option_is_what_every_later_load_uses(monkeypatch, capsys):
+    """`igmu --threads N` passes N on through IGMU_THREADS, so the Ray workers a local sweep starts
+    inherit it too; the loader then sets it whatever the model's size."""
+    from igmu.cli.main import main
+    from igmu.models.loader import load
+
+    monkeypatch.delenv(threads.THREADS_VARIABLE, raising=False)  # restored after the test
+    assert main(["--threads", "2", "algorithms"]) == 0
+    assert os.environ[threads.THREADS_VARIABLE] == "2"
+    torch.set_num_threads(1)
+    load("base")
+    assert torch.get_num_threads() == 2
+
+
+@pytest.mark.parametrize("args, environment, needle", [
+    (["--threads", "0", "algorithms"], {}, "'--threads': 0 is not in the range x>=1"),
+    (["algorithms"], {threads.THREADS_VARIABLE: "many"}, "IGMU_THREADS='many'"),
+])
+def test_bad_thread_counts_are_one_line_and_exit_2(monkeypatch, capsys, args, environment, needle):
+    from igmu.cli.main import main
+
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err and err.startswith("igmu: error: "), err
