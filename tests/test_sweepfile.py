@@ -323,6 +323,8 @@ BAD_FILES = {
                       "valid: choice, or search.sampler: grid"),
     "continuous with grid sampler": (VALID + "search:\n  sampler: grid\n", "params.lr.loguniform", "lr:",
                                      "valid: grid"),
+    "bad scheduler": (VALID + "early_stop:\n  scheduler: moasha\n", "early_stop.scheduler", "moasha",
+                      "valid: asha, mo-asha, hyperband, none (did you mean mo-asha?)"),
     "bad scheduler metric": (VALID + "early_stop:\n  metric: loss\n", "early_stop.metric", "loss",
                              "valid: forget_retain_hmean, forgetting"),
     "bad budget": (VALID + "eval:\n  interim: tiny\n", "eval.interim", "tiny", "valid: small, full"),

@@ -103,11 +103,11 @@ def make_search_alg(config: SweepConfig):
 
 
 def make_scheduler(config: SweepConfig):
-    """ASHA (one per algorithm when the sweep has several: see `schedulers`), HyperBand or FIFO.
-    `max_t` is the number of reports a trial that runs to the end makes."""
+    """ASHA or MO-ASHA (one per algorithm when the sweep has several: see `schedulers`), HyperBand or
+    FIFO. `max_t` is the number of reports a trial that runs to the end makes."""
     from ray.tune.schedulers import FIFOScheduler, HyperBandScheduler
 
-    from igmu.sweep.schedulers import PerAlgorithmASHA, asha
+    from igmu.sweep.schedulers import PerAlgorithmASHA, asha, mo_asha
     from igmu.sweep.space import scheduler_metric
     from igmu.sweep.trainable import evaluations
 
@@ -120,6 +120,8 @@ def make_scheduler(config: SweepConfig):
         return PerAlgorithmASHA(metric, mode, max_t_by_algorithm, stop.grace_period, stop.reduction_factor)
     if stop.scheduler == "asha":
         return asha(metric, mode, max_t, stop.grace_period, stop.reduction_factor)
+    if stop.scheduler == "mo-asha":
+        return mo_asha(config.objectives, max_t_by_algorithm, stop.grace_period, stop.reduction_factor)
     if stop.scheduler == "hyperband":
         return HyperBandScheduler(time_attr="training_iteration", metric=metric, mode=mode, max_t=max_t,
                                   reduction_factor=stop.reduction_factor)

@@ -73,7 +73,7 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 Sampler = Literal["tpe", "nsga2", "random", "grid"]
-Scheduler = Literal["asha", "hyperband", "none"]
+Scheduler = Literal["asha", "mo-asha", "hyperband", "none"]
 Direction = Literal[DIRECTIONS]
 DistributionKind = Literal[DISTRIBUTION_KINDS]
 AlgorithmName = Literal[tuple(sorted(ALGORITHMS))]
@@ -101,12 +101,15 @@ class SearchConfig:
 
 @_section
 class EarlyStopConfig:
-    """How unpromising trials are stopped: a Tune scheduler on one scalar from interim evaluations."""
+    """How unpromising trials are stopped: a Tune scheduler on interim evaluations."""
 
-    scheduler: Scheduler = Field("asha", description="asha (asynchronous successive halving), hyperband "
-                                                     "(synchronous, pauses trials) or none")
-    metric: Literal[SCHEDULER_METRICS] = Field(HMEAN, description="the one scalar the scheduler compares, "
-                                                                          "from the interim evaluation")
+    scheduler: Scheduler = Field("asha", description="asha (asynchronous successive halving on `metric`), "
+                                                     "mo-asha (the same, promoting by non-dominated sorting on "
+                                                     "`objectives`: every trial non-dominated at a rung goes "
+                                                     "on), hyperband (synchronous, pauses trials) or none")
+    metric: Literal[SCHEDULER_METRICS] = Field(HMEAN, description="the one scalar asha and hyperband compare, "
+                                                                  "from the interim evaluation; unused by "
+                                                                  "mo-asha, which ranks on `objectives`")
     grace_period: Integer = Field(1, ge=1, description="interim evaluations every trial gets before it can be "
                                                        "stopped")
     reduction_factor: Integer = Field(2, ge=2, description="keep the best 1/reduction_factor at each rung")

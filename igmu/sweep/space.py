@@ -85,7 +85,8 @@ def trial_params(config: dict) -> tuple[str, dict]:
 
 
 def scheduler_metric(config: SweepConfig) -> tuple[str, str]:
-    """(metric, mode) for ASHA / HyperBand: one scalar, because a scheduler cannot rank vectors."""
+    """(metric, mode) for ASHA / HyperBand: one scalar, because Ray's schedulers cannot rank vectors
+    (MO-ASHA, `igmu.sweep.schedulers.MOASHA`, ranks the objectives instead and ignores it)."""
     return config.early_stop.metric, SCHEDULER_MODE
 
 
