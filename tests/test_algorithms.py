@@ -851,3 +851,21 @@ def test_sdd_anchor_reference_is_the_forget_prompt_without_the_target(world):
     chosen = pick(sdd.task.forget_prompts, sdd.params.batch_size, sdd.rng)
     assert torch.equal(batch["uncond"], world.encode_prompt([sdd.task.anchor_prompts[i] for i in chosen]))
     assert all("hazard" not in sdd.task.anchor_prompts[i] for i in chosen)
+
+
+def test_training_images_from_a_sample_cache_are_the_sampled_ones(tmp_path):
+    """A sweep's trials draw their training images from the on-disk image cache: bit-identical to
+    sampling them, and a later trial (a new cache on the same folder) samples nothing."""
+    from igmu.algorithms.common import training_images
+    from igmu.metrics.cache import ImageCache
+    from igmu.models.loader import load
+
+    generator = load("base")
+    prompts = ["a photo of a ball", "a drawing of a cube"]
+    sampled = training_images(generator, prompts, seed=3)
+    generator.sample_cache = ImageCache(tmp_path)
+    assert torch.equal(training_images(generator, prompts, seed=3), sampled)
+    later = ImageCache(tmp_path)
+    generator.sample_cache = later
+    assert torch.equal(training_images(generator, prompts, seed=3), sampled)
+    assert later.misses == 0 and later.generation_seconds == 0.0

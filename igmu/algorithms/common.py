@@ -139,8 +139,10 @@ def prompt_images(generator: Generator, prompts: tuple[str, ...], n: int, seed: 
 
 @torch.no_grad()
 def training_images(generator: Generator, prompts: list[str], seed: int) -> torch.Tensor:
-    """Images the (still original) model makes for `prompts`, as clean latents for training."""
-    images = generator.sample(prompts, seed=seed)
+    """Images the (still original) model makes for `prompts`, as clean latents for training; from
+    the generator's `sample_cache` when it has one (the same images, sampled once per sweep)."""
+    cache = getattr(generator, "sample_cache", None)
+    images = cache.images(generator, prompts, seed) if cache is not None else generator.sample(prompts, seed=seed)
     return generator.codec.encode(images.to(generator.device, generator.dtype))
 
 

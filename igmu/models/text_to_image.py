@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -103,6 +103,10 @@ class Generator:
     # False when the folder it was loaded from held a method's effect outside the weights (see
     # `save`); saving it again keeps that folder out of stock loaders.
     stock_weights: bool = True
+    # Where an unlearner's training images of this model may be reused from: anything with
+    # `images(generator, prompts, seed)` giving exactly `sample(prompts, seed=seed)` (a sweep sets its
+    # on-disk image cache, so trials after the first load them instead of sampling them again).
+    sample_cache: object | None = field(default=None, compare=False, repr=False)
 
     @property
     def device(self) -> torch.device:

@@ -70,6 +70,7 @@ def run_trial(config: dict) -> None:
         original = load_model_for(algorithm, settings["model"], device=device, precision=precision)
         judges = trial_judges(settings.get("judges", "local"), generator, evaluation)
         cache = ImageCache(settings.get("cache_dir"))
+        generator.sample_cache = cache  # the training images every trial of the sweep draws alike
         unlearner.prepare()
         elapsed = _restore(unlearner, clock)
     trial_dir = Path(settings["out_dir"]) / tune.get_context().get_trial_id()
