@@ -85,7 +85,8 @@ def test_each_algorithm_gets_its_own_max_t_and_survives_pickling():
 
 
 @pytest.mark.parametrize("name, expected", [
-    ("compare.yaml", PerAlgorithmASHA), ("salun.yaml", ASHAScheduler), ("uce.yaml", FIFOScheduler)])
+    ("compare.yaml", PerAlgorithmASHA), ("esd.yaml", ASHAScheduler), ("salun.yaml", MOASHA),
+    ("uce.yaml", FIFOScheduler)])
 def test_make_scheduler_picks_per_algorithm_asha_for_several_algorithms(name, expected):
     scheduler = make_scheduler(load_sweep(SWEEPS / name))
     assert type(scheduler) is expected

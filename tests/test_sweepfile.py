@@ -117,10 +117,10 @@ def test_quickstart_is_what_the_readme_promises():
     assert params["threshold"] == Distribution("uniform", (0.2, 0.8))
     assert params["steps"] == 100
     assert (config.search.sampler, config.search.num_samples, config.search.max_concurrent,
-            config.search.seed) == ("tpe", 8, 2, 0)
+            config.search.seed) == ("tpe", 12, 2, 0)
     assert config.objectives == {"forgetting": "max", "preservation": "max"}
     assert (config.early_stop.scheduler, config.early_stop.eval_every, config.early_stop.grace_period) == \
-        ("asha", 25, 1)
+        ("mo-asha", 25, 1)
     assert config.resources.cpu == 1 and config.resources.gpu == 0
 
 
