@@ -132,7 +132,8 @@ def test_bad_sweep_file_writes_nothing(tmp_path):
 def test_resume_after_stopping_the_driver_with_ctrl_c(tmp_path):
     """Ctrl-C once a trial has finished: the sweep stops with one line and exit code 130, scores nothing
     on the held-out split, and --resume completes it without duplicates. (Killing the driver outright
-    is tests/test_cluster.py's case.)"""
+    is tests/test_cluster.py's case.) A resume with another sweep file is refused in one line and
+    loses nothing."""
     sweep = write_sweep(tmp_path, "resume-tiny", samples=3, steps=4)
     env = {**os.environ, "IGMU_RESULTS": str(tmp_path / "results"), "IGMU_BUDGET_SIZES": json.dumps(TINY_BUDGETS)}
     command = [sys.executable, "-m", "igmu.cli", "sweep", str(sweep)]
@@ -154,6 +155,15 @@ def test_resume_after_stopping_the_driver_with_ctrl_c(tmp_path):
     assert stderr.strip().splitlines()[-1].startswith("igmu: error: sweep resume-tiny: stopped with")
     assert "Traceback" not in stderr
     assert not (tmp_path / "results" / "resume-tiny" / "results.parquet").exists()
+    changed_folder = tmp_path / "changed"
+    changed_folder.mkdir()
+    changed = changed_folder / "resume-tiny.yaml"  # one fixed hyperparameter fewer: other trial settings
+    changed.write_text(sweep.read_text().replace("  batch_size: 2\n", ""))
+    refused = subprocess.run([sys.executable, "-m", "igmu.cli", "sweep", str(changed), "--resume"], env=env,
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-2000:]
+    assert refused.stderr.strip().splitlines()[-1].startswith(
+        "igmu: error: sweep resume-tiny: --resume needs the trial settings it started with")
     resumed = subprocess.run(command + ["--resume"], env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     table = pd.read_parquet(tmp_path / "results" / "resume-tiny" / "results.parquet")

@@ -135,7 +135,9 @@ def trial_settings(config: SweepConfig, sweep_dir: Path, **extra) -> dict:
             "eval_every": config.early_stop.eval_every, "interim_budget": config.eval.interim,
             "final_budget": config.eval.final, "judges": config.eval.judges, "objectives": list(config.objectives),
             "out_dir": str(sweep_dir / TRIALS_DIR), "cache_dir": str(sweep_dir / "images"),
-            "precision": config.precision, "device": config.device,
+            # Not read by trials (Ray's OMP_NUM_THREADS caps their threads, igmu.threads), but part of
+            # every trial's config: a sweep started with it resumes only with the same keys.
+            "threads": max(1, int(config.resources.cpu)), "precision": config.precision, "device": config.device,
             "eval_settings": dataclasses.asdict(eval_settings(config.category, config.prompts, config.precision,
                                                               config.eval)),
             **_budget_sizes_from_env(), **extra}
@@ -270,8 +272,7 @@ def run_sweep(config: SweepConfig, *, address: str | None = None, storage: str |
     trainable = tune.with_resources(run_trial, {"cpu": config.resources.cpu, "gpu": config.resources.gpu})
     tune_dir = f"{tune_storage(storage, sweep_dir)}/tune"
     if resume and tune.Tuner.can_restore(tune_dir):
-        tuner = tune.Tuner.restore(tune_dir, trainable, resume_unfinished=True, resume_errored=True,
-                                   param_space=space)
+        tuner = restored_tuner(tune_dir, trainable, space, config.name)
     else:
         tuner = tune.Tuner(
             trainable, param_space=space,
@@ -307,6 +308,22 @@ def run_sweep(config: SweepConfig, *, address: str | None = None, storage: str |
                         f"{last_line(errors[0]) if errors else 'unknown'}; results: {table}")
     finish_parent(client, parent)
     return SweepOutcome(config.name, sweep_dir, table, uri, parent, rows, experiment_id)
+
+
+def restored_tuner(tune_dir: str, trainable, space: dict, name: str):
+    """Tune's restore of the sweep, refusing in one line a sweep whose trials were configured
+    differently (started by another igmu version, or its file changed since)."""
+    from ray import tune
+
+    try:
+        return tune.Tuner.restore(tune_dir, trainable, resume_unfinished=True, resume_errored=True,
+                                  param_space=space)
+    except ValueError as err:
+        if "param_space" not in str(err):
+            raise
+        raise UsageError(f"sweep {name}: --resume needs the trial settings it started with, and this igmu or "
+                         f"sweep file gives other ones; valid: resume with the igmu version and file it started "
+                         f"with, or run it again without --resume") from None
 
 
 @contextlib.contextmanager
