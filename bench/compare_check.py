@@ -1,10 +1,11 @@
 """Check `igmu compare` on a real sweep against its Parquet table, recomputed independently.
 
-Usage: python bench/compare_check.py SWEEP [--objectives forgetting,preservation,quality] [--out DIR]
+Usage: python bench/compare_check.py SWEEP [--objectives forgetting,preservation,quality] [--out DIR] [--storage ROOT]
 
 Runs `igmu compare SWEEP --json` (which also writes the Markdown/HTML report to --out) and, for every
 algorithm, recomputes from `<results>/SWEEP/results.parquet` alone: the scored trials (finished, all
-objectives finite), the front by a brute-force O(n^2) dominance check, the hypervolume by calling
+validation objectives `val_<aspect>` finite, not flagged `val_degenerate`), the front by a brute-force
+O(n^2) dominance check, the hypervolume by calling
 moocore directly on all scored points (reference 0 for every maximised aspect), the best front value
 per aspect and the median efficiency. Prints one line per algorithm and exits 1 on any mismatch.
 """
@@ -38,7 +39,14 @@ def direct_hypervolume(points: np.ndarray) -> float:
     return float(moocore.hypervolume(points, ref=np.zeros(points.shape[1]), maximise=True))
 
 
+def validation_scores(table: pd.DataFrame) -> pd.DataFrame:
+    """The table with its validation scores under the bare aspect names, degenerate trials dropped."""
+    renamed = table.rename(columns={f"val_{aspect}": aspect for aspect in ASPECTS})
+    return renamed[~renamed["val_degenerate"].fillna(False).astype(bool)]
+
+
 def expected(table: pd.DataFrame, objectives: list[str]) -> dict[str, dict]:
+    table = validation_scores(table)
     scored = table[(table["status"] == FINISHED) & table[objectives].notna().all(axis=1)]
     out = {}
     for algorithm, rows in scored.groupby("algorithm"):
@@ -61,14 +69,16 @@ def main() -> None:
     parser.add_argument("sweep")
     parser.add_argument("--objectives", default="forgetting,preservation,quality")
     parser.add_argument("--out", default="report")
+    parser.add_argument("--storage", default=None, help="results root (default: igmu's)")
     args = parser.parse_args()
     objectives = args.objectives.split(",")
-    result = subprocess.run([sys.executable, "-m", "igmu.cli", "compare", args.sweep, "--objectives",
+    where = ["--storage", args.storage] if args.storage else []
+    result = subprocess.run([sys.executable, "-m", "igmu.cli", "compare", args.sweep, *where, "--objectives",
                              args.objectives, "--out", args.out, "--json"], capture_output=True, text=True)
     if result.returncode:
         raise SystemExit(f"igmu compare failed: {result.stderr.strip()}")
     board = {row["algorithm"]: row for row in json.loads(result.stdout)["leaderboard"]}
-    truth = expected(pd.read_parquet(results_root(None) / args.sweep / TABLE_FILE), objectives)
+    truth = expected(pd.read_parquet(results_root(args.storage) / args.sweep / TABLE_FILE), objectives)
     failures = 0
     if set(board) != set(truth):
         print(f"algorithms differ: report {sorted(board)} vs table {sorted(truth)}")
