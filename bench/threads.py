@@ -113,8 +113,8 @@ def sizes() -> list[dict]:
 
     every = len(os.sched_getaffinity(0))
     rows = []
-    models = [("world", load("base").unet)] + [(f"sd14-width-x{scale:g}", unet_of_width(scale))
-                                               for scale in WIDTH_SCALES]
+    models = [("world", load("base").unet.requires_grad_(True))] + [
+        (f"sd14-width-x{scale:g}", unet_of_width(scale)) for scale in WIDTH_SCALES]
     for name, unet in models:
         parameters = sum(p.numel() for p in unet.parameters())
         one, all_cpus = step_seconds(unet, 1), step_seconds(unet, every)

@@ -9,7 +9,8 @@ two threads than at one with a busy process beside it, while two threads saved o
 quiet machine. So a model below `SMALL_MODEL_PARAMETERS` computes on one thread; a larger one uses
 every CPU the process may use: its CPU affinity, its cgroup's CPU quota and the OMP_NUM_THREADS
 it was started with (Ray sets that to a task's CPU allocation). `IGMU_THREADS` (or a command's
-`--threads`) overrides the choice.
+`--threads`) overrides the choice. The BLAS pools numpy and scipy bring get the same limit
+(threadpoolctl): left at every core, they cost a one-thread run 25% beside a busy process.
 """
 
 from __future__ import annotations
@@ -67,10 +68,13 @@ def chosen_threads(parameters: int | None = None) -> int:
 
 
 def use_threads(parameters: int | None = None) -> int:
-    """Set torch's intra-op thread count for a model of `parameters` parameters; returns it."""
+    """Set torch's intra-op thread count for a model of `parameters` parameters, and the same limit
+    on every other thread pool loaded (numpy's and scipy's BLAS, OpenMP); returns it."""
     import torch
+    from threadpoolctl import threadpool_limits
 
     count = chosen_threads(parameters)
+    threadpool_limits(limits=count)
     torch.set_num_threads(count)
     return count
 

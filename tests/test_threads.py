@@ -97,3 +97,17 @@ def test_bad_thread_counts_are_one_line_and_exit_2(monkeypatch, capsys, args, en
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and needle in err and err.startswith("igmu: error: "), err
+
+
+def test_the_blas_pools_get_the_same_limit(monkeypatch):
+    import numpy  # noqa: F401  (loads the BLAS pool)
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    before = threadpool_limits(limits=2)  # as if inherited from a two-core machine
+    try:
+        assert any(pool["num_threads"] == 2 for pool in threadpool_info())
+        monkeypatch.setenv(threads.THREADS_VARIABLE, "1")
+        threads.use_threads(None)
+        assert all(pool["num_threads"] == 1 for pool in threadpool_info())
+    finally:
+        before.restore_original_limits()
