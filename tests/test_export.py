@@ -107,8 +107,8 @@ def test_save_run_passes_the_unlearner_flag(tiny_sd_dir, tmp_path):
 
 # --- which trials keep their weights ----------------------------------------------------------------
 
-def _row(trial_id, forgetting, preservation, status="finished"):
-    return trial_row(trial_id, "esd", {"lr": 1e-3}, status,
+def _row(trial_id, forgetting, preservation, status="finished", algorithm="esd"):
+    return trial_row(trial_id, algorithm, {"lr": 1e-3}, status,
                      {"forgetting": forgetting, "preservation": preservation, "step": 4}, None)
 
 
@@ -123,7 +123,18 @@ def test_the_front_and_the_best_on_the_first_objective_keep_their_weights():
     assert kept_trials(rows, {"preservation": "min"}, "front") == {"a", "f", "e"}
 
 
-def test_keep_weights_is_a_tracking_key_with_three_choices(tmp_path):
+def test_fronts_keep_each_algorithms_own_front_and_best():
+    """An algorithm the overall front leaves out still gets its best trials kept (and re-scored on
+    the test split), so a comparison has a tuned row for it."""
+    esd = [_row("a", 0.9, 0.9), _row("b", 0.8, 0.8), _row("c", 0.7, 0.7), _row("d", 0.6, 0.6), _row("e", 0.5, 0.5)]
+    uce = [_row(name, f, p, algorithm="uce") for name, f, p in (("u", 0.3, 0.4), ("v", 0.4, 0.3), ("w", 0.1, 0.1),
+                                                                 ("x", 0.2, 0.2), ("y", 0.05, 0.05))]
+    objectives = {"forgetting": "max", "preservation": "max"}
+    assert kept_trials(esd + uce, objectives, "front") == {"a", "b", "c"}
+    assert kept_trials(esd + uce, objectives, "fronts") == {"a", "b", "c", "u", "v", "x"}
+
+
+def test_keep_weights_is_a_tracking_key_with_four_choices(tmp_path):
     from igmu.errors import UsageError
     from igmu.sweep.file import load_sweep
 
@@ -131,7 +142,7 @@ def test_keep_weights_is_a_tracking_key_with_three_choices(tmp_path):
     path.write_text("name: s\nmodel: world\ntarget: hazard\nalgorithm: esd\ntracking: {keep_weights: all}\n")
     assert load_sweep(path).tracking.keep_weights == "all"
     path.write_text("name: s\nmodel: world\ntarget: hazard\nalgorithm: esd\ntracking: {keep_weights: best}\n")
-    with pytest.raises(UsageError, match="front.*all.*none"):
+    with pytest.raises(UsageError, match="front.*fronts.*all.*none"):
         load_sweep(path)
 
 

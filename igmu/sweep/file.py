@@ -147,8 +147,9 @@ class EvalConfig:
     # What happens once the search is over (trials themselves only ever see the validation split):
     held_out: Literal[KEEP_WEIGHTS] = Field(KEEP_FRONT, description="trials re-scored once on the held-out test "
                                             "split when the search ends: front (the Pareto front on the "
-                                            "objectives plus the 3 best on the first), all finished trials, "
-                                            "or none")
+                                            "objectives plus the 3 best on the first), fronts (the same "
+                                            "within each algorithm: a comparison's choice), all finished "
+                                            "trials, or none")
     defaults: Flag = Field(False, description="also run each algorithm once at its published defaults and score "
                                               "it on the test split, for igmu compare's defaults table")
 
@@ -162,7 +163,8 @@ class TrackingConfig:
     keep_weights: Literal[KEEP_WEIGHTS] = Field(KEEP_FRONT, description="which finished trials keep their changed "
                                                  "weights (logged to their MLflow runs for `igmu export`): "
                                                  "front (the Pareto front on the objectives plus the 3 best "
-                                                 "on the first), all, or none")
+                                                 "on the first), fronts (the same within each algorithm), all, "
+                                                 "or none")
 
 
 SECTIONS: dict[str, type] = {"search": SearchConfig, "early_stop": EarlyStopConfig, "resources": Resources,

@@ -94,9 +94,10 @@ TRIALS_DIR = "trials"
 WEIGHTS_DIR = "weights"
 CHANGED_FILE = "changed.safetensors"
 WEIGHTS_MANIFEST = "manifest.json"
-# Which trials keep their weights: the front (plus the best few on the first objective), all, none.
-KEEP_FRONT, KEEP_ALL, KEEP_NONE = "front", "all", "none"
-KEEP_WEIGHTS = (KEEP_FRONT, KEEP_ALL, KEEP_NONE)
+# Which trials keep their weights (and are re-scored on the test split): the front (plus the best few
+# on the first objective), each algorithm's own front (plus its best few), all, none.
+KEEP_FRONT, KEEP_FRONTS, KEEP_ALL, KEEP_NONE = "front", "fronts", "all", "none"
+KEEP_WEIGHTS = (KEEP_FRONT, KEEP_FRONTS, KEEP_ALL, KEEP_NONE)
 # Trials kept beside the front under `front`: the best on the first objective, which a front in many
 # objectives may leave out (a front member can be mediocre on each single objective).
 KEEP_TOP = 3
@@ -135,9 +136,15 @@ def param_columns(params: Mapping) -> dict:
 def kept_trials(rows: Iterable[Mapping], objectives: Mapping[str, str], policy: str) -> set:
     """Trial ids whose weights `policy` keeps: finished trials only (early-stopped ones wrote no
     weights); under `front`, the Pareto front on `objectives` and the KEEP_TOP best on the first,
-    both among the trials that are not degenerate."""
+    both among the trials that are not degenerate; under `fronts`, the same within each algorithm
+    (what a comparison of algorithms needs: every algorithm's best, not only the overall front's)."""
     if policy not in KEEP_WEIGHTS:
         raise UsageError(f"unknown keep_weights policy {policy!r}; valid: {', '.join(KEEP_WEIGHTS)}")
+    rows = list(rows)
+    if policy == KEEP_FRONTS:
+        algorithms = dict.fromkeys(row["algorithm"] for row in rows)
+        return set().union(*(kept_trials([row for row in rows if row["algorithm"] == algorithm], objectives,
+                                         KEEP_FRONT) for algorithm in algorithms))
     finished = [row for row in rows if row["status"] == FINISHED]
     if policy != KEEP_FRONT:
         return {row["trial_id"] for row in finished} if policy == KEEP_ALL else set()
