@@ -1,16 +1,15 @@
-"""How many threads torch computes with: chosen from what the process was given and the model's
-size, not inherited.
+"""How many threads torch computes with: chosen from what the process was given and the kind of
+model, not inherited.
 
 torch's default is one thread per core of the machine. On a shared machine that is the wrong
-choice for a small model: each parallel region waits for its slowest thread, and a thread that
-shares its core with another busy process is often descheduled. Measured on 2 cores
-(docs/benchmarks.md, bench/threads.py), a short SalUn run on the world model took 1.7x longer at
-two threads than at one with a busy process beside it, while two threads saved only about 5% on a
-quiet machine. So a model below `SMALL_MODEL_PARAMETERS` computes on one thread; a larger one uses
-every CPU the process may use: its CPU affinity, its cgroup's CPU quota and the OMP_NUM_THREADS
-it was started with (Ray sets that to a task's CPU allocation). `IGMU_THREADS` (or a command's
-`--threads`) overrides the choice. The BLAS pools numpy and scipy bring get the same limit
-(threadpoolctl): left at every core, they cost a one-thread run 25% beside a busy process.
+choice for a model whose forward passes are short: each parallel region waits for its slowest
+thread, and a thread sharing its core with another busy process is often descheduled. A kind of
+generator says how many threads it computes on at most (`GeneratorKind.compute_threads`: one for
+the world, whose UNet gains 1.08x from a second thread; see igmu/models/kinds.py); otherwise a
+model uses every CPU the process may use: its CPU affinity, its cgroup's CPU quota and the
+OMP_NUM_THREADS it was started with (Ray sets that to a task's CPU allocation). `IGMU_THREADS` (or
+`igmu --threads`) overrides the choice. The BLAS pools numpy and scipy bring get the same limit
+(threadpoolctl): left at every core, they cost a one-thread world run 25% beside a busy process.
 """
 
 from __future__ import annotations
@@ -22,10 +21,6 @@ from pathlib import Path
 from igmu.errors import UsageError
 
 THREADS_VARIABLE = "IGMU_THREADS"
-# The world model (2.8M UNet parameters) sits far below this and SD 1.4 (860M) far above; where
-# between them a second thread starts to pay is not measured, so the line is drawn where the largest
-# model measured to gain little from it (the world's) is an order of magnitude away.
-SMALL_MODEL_PARAMETERS = 30_000_000
 # cgroup v2 and v1 files that hold a CPU quota.
 CGROUP_V2_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 CGROUP_V1_QUOTA = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")
@@ -56,24 +51,23 @@ def usable_cpus() -> int:
     return max(1, min(limits))
 
 
-def chosen_threads(parameters: int | None = None) -> int:
-    """The thread count for computing with a model of `parameters` parameters (None: unknown, so
-    as many as the process may use)."""
+def chosen_threads(at_most: int | None = None) -> int:
+    """The thread count for a model whose kind computes on `at_most` threads (None: no limit of its
+    own, so as many as the process may use)."""
     requested = requested_threads()
     if requested is not None:
         return requested
-    if parameters is not None and parameters < SMALL_MODEL_PARAMETERS:
-        return 1
-    return usable_cpus()
+    usable = usable_cpus()
+    return usable if at_most is None else max(1, min(at_most, usable))
 
 
-def use_threads(parameters: int | None = None) -> int:
-    """Set torch's intra-op thread count for a model of `parameters` parameters, and the same limit
-    on every other thread pool loaded (numpy's and scipy's BLAS, OpenMP); returns it."""
+def use_threads(at_most: int | None = None) -> int:
+    """Set torch's intra-op thread count (see `chosen_threads`), and the same limit on every other
+    thread pool loaded (numpy's and scipy's BLAS, OpenMP); returns it."""
     import torch
     from threadpoolctl import threadpool_limits
 
-    count = chosen_threads(parameters)
+    count = chosen_threads(at_most)
     threadpool_limits(limits=count)
     torch.set_num_threads(count)
     return count

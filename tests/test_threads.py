@@ -1,4 +1,4 @@
-"""Threads are chosen from what the process was given and the model's size (igmu/threads.py)."""
+"""Threads are chosen from what the process was given and the model's kind (igmu/threads.py)."""
 
 import os
 
@@ -16,12 +16,16 @@ def restore_torch_threads():
     torch.set_num_threads(before)
 
 
-def test_a_small_model_computes_on_one_thread_and_a_large_one_on_every_usable_cpu(monkeypatch):
+def test_a_kind_caps_its_threads_and_no_cap_means_every_usable_cpu(monkeypatch):
+    from igmu.models.text_to_image import StableDiffusion, WorldTextToImage
+
     monkeypatch.delenv(threads.THREADS_VARIABLE, raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    assert threads.chosen_threads(threads.SMALL_MODEL_PARAMETERS - 1) == 1
-    assert threads.chosen_threads(threads.SMALL_MODEL_PARAMETERS) == threads.usable_cpus()
-    assert threads.chosen_threads(None) == threads.usable_cpus()
+    usable = threads.usable_cpus()
+    assert threads.chosen_threads(WorldTextToImage.compute_threads) == 1
+    assert threads.chosen_threads(StableDiffusion.compute_threads) == usable
+    assert threads.chosen_threads(None) == usable
+    assert threads.chosen_threads(usable + 4) == usable  # a kind's cap never exceeds what the process may use
 
 
 def test_usable_cpus_honour_affinity_and_the_given_omp_num_threads(monkeypatch):
@@ -73,7 +77,7 @@ def test_loading_the_world_model_sets_one_thread(monkeypatch):
 
 def test_the_threads_option_is_what_every_later_load_uses(monkeypatch, capsys):
     """`igmu --threads N` passes N on through IGMU_THREADS, so the Ray workers a local sweep starts
-    inherit it too; the loader then sets it whatever the model's size."""
+    inherit it too; the loader then sets it whatever the model's kind."""
     from igmu.cli.main import main
     from igmu.models.loader import load
 

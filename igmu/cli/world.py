@@ -98,7 +98,7 @@ def world_build(out: Path | None, seed: int, judge_steps: int | None, generator_
     from igmu.threads import use_threads
     from igmu.world.assets import assets_dir
 
-    # Training's thread count is not tied to one model's size (it trains several): every usable CPU.
+    # Building is done alone and once (its recorded times were measured so): every usable CPU.
     use_threads()
 
     config = BuildConfig(seed=seed)

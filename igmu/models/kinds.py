@@ -54,6 +54,8 @@ class GeneratorKind:
     # False: the defaults rescaled for the world model (each algorithm's `Params` and `category_defaults`);
     # True: the official code's defaults for a real model (`official_defaults`, `official_category_defaults`).
     uses_official_defaults: ClassVar[bool] = False
+    # Threads this kind computes on at most (`igmu.threads`); None: every CPU the process may use.
+    compute_threads: ClassVar[int | None] = None
 
     @classmethod
     def recognises(cls, folder: Path) -> bool:
@@ -102,6 +104,11 @@ class WorldKind(GeneratorKind):
     """What the embedded world's generators share: targets are world concepts with derived prompts."""
 
     world_concepts = True
+    # Measured on 2 cores (bench/threads.py, docs/benchmarks.md): a second thread speeds the world
+    # UNet's forward and backward up 1.08x (its latents are 8x8), while an SD-shape UNet at 32x32
+    # latents gains 1.5-1.85x from 3.5M to 220M parameters; beside a busy process, two threads made a
+    # short world run 1.9-2.2x slower than one. So the world computes on one thread.
+    compute_threads = 1
 
     @classmethod
     def normalise_target(cls, target: str) -> str:

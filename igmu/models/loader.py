@@ -75,13 +75,13 @@ def looks_like_hub_id(location: str) -> bool:
 
 def load(model: str = "base", kinds=ALL_KINDS, device: str | None = None, precision: str = "fp32"):
     """Load `model` ('base', a folder or a cached hub id) as one of `kinds`; nothing is downloaded,
-    and weights load from safetensors only. Sets torch's thread count for the model's size
+    and weights load from safetensors only. Sets torch's thread count for the model's kind
     (`igmu.threads`): every command computes with what it loads."""
     kind = kind_of(model, kinds)
     location = kind.shipped_folder() if model in SHIPPED_MODEL_NAMES else cached_or_local(model)
     generator = kind.load_folder(Path(location), device, precision)
     generator.source = generator.origin = str(model)
-    use_threads(sum(parameter.numel() for parameter in generator.unet.parameters()))
+    use_threads(kind.compute_threads)
     return generator
 
 
