@@ -135,10 +135,7 @@ def test_resume_after_stopping_the_driver_with_ctrl_c(tmp_path):
     is tests/test_cluster.py's case.) A resume with another sweep file is refused in one line and
     loses nothing."""
     sweep = write_sweep(tmp_path, "resume-tiny", samples=3, steps=4)
-    # Ray runs its workers at niceness 15: under a parallel test file's nice-0 processes (a cluster
-    # test's servers), this sweep's trials were starved and none finished in 300 s in one CI run.
-    env = {**os.environ, "IGMU_RESULTS": str(tmp_path / "results"), "IGMU_BUDGET_SIZES": json.dumps(TINY_BUDGETS),
-           "RAY_worker_niceness": "0"}
+    env = {**os.environ, "IGMU_RESULTS": str(tmp_path / "results"), "IGMU_BUDGET_SIZES": json.dumps(TINY_BUDGETS)}
     command = [sys.executable, "-m", "igmu.cli", "sweep", str(sweep)]
     driver = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                               start_new_session=True)

@@ -8,6 +8,9 @@ import torch
 from igmu import threads
 from igmu.errors import UsageError
 
+# What the test process started with: every test here must leave it so.
+STARTING_THREADS_SETTING = os.environ.get(threads.THREADS_VARIABLE)
+
 
 @pytest.fixture(autouse=True)
 def restore_torch_threads():
@@ -81,7 +84,10 @@ def test_the_threads_option_is_what_every_later_load_uses(monkeypatch, capsys):
     from igmu.cli.main import main
     from igmu.models.loader import load
 
-    monkeypatch.delenv(threads.THREADS_VARIABLE, raising=False)  # restored after the test
+    # Recorded first, so the value main() sets is undone after the test (deleting a variable that is
+    # not set records nothing, and IGMU_THREADS=2 then leaked into every later test of the process).
+    monkeypatch.setenv(threads.THREADS_VARIABLE, "1")
+    monkeypatch.delenv(threads.THREADS_VARIABLE)
     assert main(["--threads", "2", "algorithms"]) == 0
     assert os.environ[threads.THREADS_VARIABLE] == "2"
     torch.set_num_threads(1)
@@ -115,3 +121,9 @@ def test_the_blas_pools_get_the_same_limit(monkeypatch):
         assert all(pool["num_threads"] == 1 for pool in threadpool_info())
     finally:
         before.restore_original_limits()
+
+
+def test_no_thread_setting_leaks_out_of_these_tests():
+    """Runs after the others in this file: IGMU_THREADS set by a test must be gone (a leaked value made
+    every later sweep in the same test process oversubscribe the cores)."""
+    assert os.environ.get(threads.THREADS_VARIABLE) == STARTING_THREADS_SETTING
