@@ -1,6 +1,19 @@
 """Test-only helpers shared by the sweep tests."""
 
+import importlib.util
+from pathlib import Path
+
 from igmu.sweep.tracking import PARENT_TAG, ROLE_TAG
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def bench_module(name: str):
+    """A bench script (bench/<name>.py, not a package) loaded as a module, to test its own logic."""
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def children(client, outcome, role: str | None = None):

@@ -1,21 +1,14 @@
 """The sweep benches' own logic, without running a sweep: the early-stopping bench's sweep-file
 variants are valid sweep files that differ from the original only where the bench says."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+from sweep_helpers import bench_module
 
 from igmu.sweep.file import load_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def bench_module(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize("scheduler", ["asha", "mo-asha", "none"])

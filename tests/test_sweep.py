@@ -10,7 +10,7 @@ import time
 
 import pandas as pd
 import pytest
-from sweep_helpers import children
+from sweep_helpers import bench_module, children
 
 from igmu.metrics.base import ASPECTS
 from igmu.sweep.engine import run_sweep
@@ -294,14 +294,8 @@ def test_every_trial_records_where_its_time_went(finished_sweep):
 
 
 def test_the_profile_bench_adds_up_a_finished_sweep(finished_sweep):
-    import importlib.util
-    from pathlib import Path
-
     outcome, folder = finished_sweep
-    path = Path(__file__).resolve().parents[1] / "bench" / "sweep_profile.py"
-    spec = importlib.util.spec_from_file_location("sweep_profile", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = bench_module("sweep_profile")
     result = bench.report(str(folder / "esd-tiny.yaml"), str(folder / "results"), existing=True)
     total = result["total"]
     assert total["trials"] == total["trials_with_span"] == 6
