@@ -20,6 +20,7 @@ from igmu.algorithms.task import (
     world_task,
 )
 from igmu.errors import UsageError
+from igmu.models.guidance import rule_from_config
 from igmu.models.loader import kind_of, load
 
 
@@ -72,6 +73,13 @@ def changed_since(before: dict[str, torch.Tensor], unlearner: Unlearner) -> dict
         prefix = {n[len(key) + 1:]: t for n, t in before.items() if n.startswith(key + ".")}
         changed.update({f"{key}.{n}": t for n, t in changed_tensors(prefix, module).items()})
     return changed
+
+
+def apply_trial(generator, changed: dict[str, torch.Tensor], manifest: dict) -> None:
+    """A trial's whole effect on `generator`, as `write_weights` recorded it: its changed tensors and,
+    for a method that edits sampling, its guidance rule."""
+    apply_changed(generator, changed)
+    generator.guidance_rule = rule_from_config(manifest.get("guidance"))
 
 
 def apply_changed(generator, changed: dict[str, torch.Tensor]) -> None:
@@ -129,8 +137,36 @@ def unlearn(unlearner: Unlearner) -> tuple[dict, dict[str, torch.Tensor]]:
     changed = changed_since(before, unlearner)
     efficiency = {"seconds": round(seconds, 2), "peak_memory_mb": round(peak_memory_mb(gen.device), 1),
                   "changed_bytes": changed_bytes(before, changed),
-                  "steps": len(history), "final_losses": history[-1] if history else {}}
+                  "steps": len(history), "final_losses": history[-1] if history else {},
+                  **sampling_cost(unlearner)}
     return efficiency, changed
+
+
+# A sampler edit's overhead is timed on this many forget prompts, this many times with and without
+# the rule, alternating: enough for a steady rate on a shared machine, cheap enough on SD.
+OVERHEAD_PROMPTS, OVERHEAD_ROUNDS = 4, 3
+
+
+def sampling_cost(unlearner: Unlearner) -> dict:
+    """For a method that edits sampling, what its rule costs every later image: the best seconds of
+    sampling a few forget prompts with the rule over the best without it (same prompts and seed;
+    one untimed sampling first, so neither side pays the first call's set-up)."""
+    if not type(unlearner).edits_sampler:
+        return {}
+    generator, prompts = unlearner.generator, list(unlearner.task.forget_prompts[:OVERHEAD_PROMPTS])
+    rule, seconds = generator.guidance_rule, {"plain": [], "edited": []}
+    generator.sample(prompts[:1])
+    try:
+        for _ in range(OVERHEAD_ROUNDS):
+            for label, installed in (("plain", None), ("edited", rule)):
+                generator.guidance_rule = installed
+                started = time.perf_counter()
+                generator.sample(prompts)
+                seconds[label].append(time.perf_counter() - started)
+    finally:
+        generator.guidance_rule = rule
+    return {"sampling_overhead": round(min(seconds["edited"]) / min(seconds["plain"]), 3),
+            "sampling_seconds_per_image": round(min(seconds["edited"]) / len(prompts), 4)}
 
 
 def save_run(out: Path, unlearner: Unlearner, card: dict, changed: dict[str, torch.Tensor]) -> None:

@@ -26,3 +26,5 @@ def assert_resumes_bit_for_bit(fresh: Callable[[], Unlearner],
     run_unlearning(resumed, prepared=True)
     for (key, a), b in zip(weights(straight).items(), weights(resumed).values()):
         assert torch.equal(a, b), key
+    # A method that edits sampling resumes with the same rule (None for every other method).
+    assert getattr(straight.generator, "guidance_rule", None) == getattr(resumed.generator, "guidance_rule", None)

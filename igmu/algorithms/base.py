@@ -61,6 +61,10 @@ class Unlearner:
     # or keep adapters apart: their saved folders name igmu's pipeline and stock loaders refuse them,
     # since loading the weights alone would silently give back a model that was never erased.
     stock_weights: ClassVar[bool] = True
+    # True for inference-time methods (SLD): they change how the model samples, not its weights, by
+    # installing a guidance rule on the generator (`igmu.models.guidance`). Efficiency then reports
+    # the sampling overhead, and the rule travels with the trial's weights and any saved folder.
+    edits_sampler: ClassVar[bool] = False
     # On kinds that use official defaults (`GeneratorKind.uses_official_defaults`: Stable Diffusion),
     # the official code's values for SD 1.x replace the world-rescaled `Params` defaults ...
     official_defaults: ClassVar[dict[str, Any]] = {}
@@ -157,6 +161,7 @@ class Unlearner:
     def describe(cls) -> dict:
         return {"name": cls.name, "paper": cls.paper, "repo": cls.repo, "categories": list(cls.categories),
                 "generator_kinds": [kind.name for kind in cls.generator_kinds], "stock_weights": cls.stock_weights,
+                "edits_sampler": cls.edits_sampler,
                 "doc": (cls.__doc__ or "").strip().splitlines()[0],
                 "hyperparameters": [describe_field(f, cls.Params) for f in dataclasses.fields(cls.Params)],
                 "category_defaults": _copied(cls.category_defaults),

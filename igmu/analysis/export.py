@@ -124,10 +124,10 @@ def rebuild(manifest: dict, changed_file: Path, device: str = "cpu", precision: 
     """The sweep's model, loaded as the kinds the trial's algorithm edits, with the trial's changes."""
     from safetensors.torch import load_file
 
-    from igmu.run import apply_changed, load_model_for
+    from igmu.run import apply_trial, load_model_for
 
     generator = load_model_for(manifest["algorithm"], manifest["model"], device=device, precision=precision)
-    apply_changed(generator, load_file(str(changed_file)))
+    apply_trial(generator, load_file(str(changed_file)), manifest)
     return generator
 
 

@@ -23,12 +23,33 @@ GENERATED = "images generated"
 
 
 def model_fingerprint(generator: Generator) -> str:
+    """What decides the model's images: its weights, adapters attached by hooks, its guidance rule."""
     digest = hashlib.sha256()
     for module in (generator.unet, generator.text_encoder):
-        for name, tensor in module.state_dict().items():
-            digest.update(name.encode())
-            digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        _hash_state(digest, module.state_dict())
+        for name, adapter in hooked_modules(module):
+            digest.update(f"hook:{name}".encode())
+            _hash_state(digest, adapter.state_dict())
+    if generator.guidance_rule is not None:
+        digest.update(json.dumps(generator.guidance_rule.config(), sort_keys=True).encode())
     return digest.hexdigest()[:20]
+
+
+def _hash_state(digest, state: dict[str, torch.Tensor]) -> None:
+    for name, tensor in state.items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+
+
+def hooked_modules(module: torch.nn.Module):
+    """(layer name, module) for every forward hook that is a method of another module: adapters
+    trained beside frozen weights (LoRA) change a layer's output but not its state_dict, so a key of
+    the weights alone would hand a half-trained adapter the images of an earlier one."""
+    for layer_name, layer in module.named_modules():
+        for hook in (*layer._forward_pre_hooks.values(), *layer._forward_hooks.values()):
+            owner = getattr(hook, "__self__", None)
+            if isinstance(owner, torch.nn.Module):
+                yield layer_name, owner
 
 
 class ImageCache:

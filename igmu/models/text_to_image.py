@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from igmu.errors import UsageError
+from igmu.models.guidance import read_guidance, write_guidance
 from igmu.models.kinds import (
     MODEL_INDEX_FILE,
     SAMPLING_FILE,
@@ -107,6 +108,9 @@ class Generator:
     # `images(generator, prompts, seed)` giving exactly `sample(prompts, seed=seed)` (a sweep sets its
     # on-disk image cache, so trials after the first load them instead of sampling them again).
     sample_cache: object | None = field(default=None, compare=False, repr=False)
+    # How sampling combines the UNet's predictions when it is not plain classifier-free guidance
+    # (`igmu.models.guidance`): an inference-time method's whole effect, so it is saved with the model.
+    guidance_rule: object | None = None
 
     @property
     def device(self) -> torch.device:
@@ -173,9 +177,18 @@ class Generator:
         """Run the sampler from `start_step` to `stop_step` (partial sampling, as ESD needs)."""
         self.scheduler.set_timesteps(steps, device=self.device)
         uncond = self.encode_prompt([""] * len(embeddings)) if guidance != 1.0 else None
-        for t in self.scheduler.timesteps[start_step:stop_step]:
+        # A guidance rule reshapes classifier-free guidance, so without guidance there is none to reshape.
+        rule = self.guidance_rule if uncond is not None else None
+        concept = self.encode_prompt([rule.concept] * len(embeddings)) if rule is not None else None
+        momentum = None
+        timesteps = self.scheduler.timesteps
+        for step, t in enumerate(timesteps[start_step:stop_step], start=start_step):
             model_input = self.scheduler.scale_model_input(latents, t)
-            noise = self.predict_noise(model_input, t, embeddings, uncond, guidance)
+            if rule is None:
+                noise = self.predict_noise(model_input, t, embeddings, uncond, guidance)
+            else:
+                noise, momentum = rule.denoise_step(self, model_input, t, step, len(timesteps), embeddings, uncond,
+                                                    concept, guidance, momentum)
             latents = self.scheduler.step(noise, t, latents).prev_sample
         return latents
 
@@ -247,13 +260,14 @@ class Generator:
         indexed as the kind says. `stock_weights=False` (an unlearner whose effect the weights alone
         do not carry) writes a folder that stock diffusers pipelines refuse to load."""
         path = Path(path)
-        stock_weights = stock_weights and self.stock_weights
+        stock_weights = stock_weights and self.stock_weights and self.guidance_rule is None
         for name, component in self.components(stock_weights).items():
             if isinstance(component, torch.nn.Module):
                 component.save_pretrained(path / name, safe_serialization=True)
             else:
                 component.save_pretrained(path / name)
         (path / SAMPLING_FILE).write_text(json.dumps(self.sampling_defaults, indent=2))
+        write_guidance(path, self.guidance_rule)
         index = self.kind.model_index(self, stock_weights)
         (path / MODEL_INDEX_FILE).write_text(json.dumps(index, indent=2))
 
@@ -302,7 +316,7 @@ def load_diffusers_folder(folder: Path, kind: type[GeneratorKind], device: str |
     for module in (unet, text_encoder, codec):
         module.eval().requires_grad_(False)
     return Generator(unet, text_encoder, tokenizer, scheduler, codec, kind, dict(sampling),
-                     stock_weights=stock_weights).to(torch_device)
+                     stock_weights=stock_weights, guidance_rule=read_guidance(folder)).to(torch_device)
 
 
 def patch_factor(unet) -> int:

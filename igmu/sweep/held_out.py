@@ -25,6 +25,7 @@ from igmu.sweep.results import (
     TEST_PREFIX,
     UNRECOGNISABLE_SHARE,
     WEIGHTS_DIR,
+    WEIGHTS_MANIFEST,
     interval_keys,
     param_columns,
     write_table,
@@ -48,11 +49,11 @@ def score_trial_on_test(settings: Mapping, algorithm: str, weights: str) -> dict
     """The test-split scorecard of a finished trial: the sweep's model with the trial's changed tensors."""
     from safetensors.torch import load_file
 
-    from igmu.run import apply_changed
+    from igmu.run import apply_trial
     from igmu.sweep.trainable import evaluation_model
 
     generator, score = evaluation_model(settings, algorithm)
-    apply_changed(generator, load_file(weights))
+    apply_trial(generator, load_file(weights), json.loads((Path(weights).parent / WEIGHTS_MANIFEST).read_text()))
     return score(generator)
 
 

@@ -24,7 +24,7 @@ from igmu.metrics.cache import ImageCache
 from igmu.metrics.context import Budget, EvalSettings, context_for
 from igmu.metrics.scorecard import build_context, scorecard
 from igmu.provenance import environment_tags
-from igmu.run import build_unlearner, changed_since, load_model_for, module_states, peak_memory_mb
+from igmu.run import build_unlearner, changed_since, load_model_for, module_states, peak_memory_mb, sampling_cost
 from igmu.sweep import profile
 from igmu.sweep.profile import PhaseClock
 from igmu.sweep.results import (
@@ -214,7 +214,8 @@ def _finish(card: dict, ctx, unlearner, trial_dir: Path, seconds: float) -> dict
     trial_dir.mkdir(parents=True, exist_ok=True)
     efficiency = {"efficiency_seconds": round(seconds, 2),
                   "efficiency_peak_memory_mb": round(peak_memory_mb(unlearner.generator.device), 1)}
-    card = {**card, "algorithm": unlearner.name, "params": dict(vars(unlearner.params)), "efficiency": efficiency}
+    card = {**card, "algorithm": unlearner.name, "params": dict(vars(unlearner.params)),
+            "efficiency": {**efficiency, **sampling_cost(unlearner)}}
     (trial_dir / "scorecard.json").write_text(json.dumps(card, indent=2, default=str))
     save_grid(ctx, trial_dir / "grid.png")
     return {**efficiency, "artifacts_dir": str(trial_dir)}
@@ -234,7 +235,8 @@ def write_weights(folder: Path, unlearner, original, settings: dict) -> dict:
     manifest = {"algorithm": unlearner.name, "model": settings["model"], "target": settings["target"],
                 "seed": unlearner.seed, "params": dict(vars(unlearner.params)),
                 "tensors": len(changed), "bytes": (folder / CHANGED_FILE).stat().st_size,
-                "stock_weights": type(unlearner).stock_weights}
+                "stock_weights": type(unlearner).stock_weights,
+                "guidance": rule.config() if (rule := unlearner.generator.guidance_rule) is not None else None}
     (folder / WEIGHTS_MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
     return manifest
 
