@@ -508,3 +508,22 @@ def test_pareto_uses_the_directions_the_sweep_file_declared(store, capsys):
                 if not any(np.all(values[j] >= values[i]) and np.any(values[j] > values[i]) for j in range(len(values)))}
     assert {row["trial_id"] for row in answer["front"]} == expected
     assert expected != brute_force_front(rows, ["forgetting", "efficiency_seconds"])  # the natural reading differs
+
+
+def test_objectives_default_to_what_the_sweeps_declared():
+    from pathlib import Path
+
+    from igmu.analysis.frontier import choose_objectives
+    from igmu.sweep.results import SweepSource
+
+    def source(objectives):
+        return SweepSource("s", Path("t.parquet"), Path("."), objectives=objectives)
+
+    three = source({"forgetting": "max", "preservation": "max", "quality": "max"})
+    assert choose_objectives(None, [three]) == {"forgetting": "max", "preservation": "max", "quality": "max"}
+    with_time = source({"forgetting": "max", "efficiency_seconds": "min", "quality": "max"})
+    assert choose_objectives(None, [three, with_time]) == {"forgetting": "max", "quality": "max"}
+    assert choose_objectives(None, [source({})]) == {"forgetting": "max", "preservation": "max"}
+    assert choose_objectives(None, [three, source({"robustness": "max", "alignment": "max"})]) == \
+        {"forgetting": "max", "preservation": "max"}
+    assert choose_objectives("quality,forgetting", [three]) == {"quality": "max", "forgetting": "max"}

@@ -52,11 +52,23 @@ SEARCH_PAGE_SIZE = 1000
 # --- objectives -------------------------------------------------------------------------------
 
 
-def choose_objectives(requested: str | Sequence[str], sources: Iterable[SweepSource] = ()) -> dict[str, str]:
+def choose_objectives(requested: str | Sequence[str] | None, sources: Iterable[SweepSource] = ()) -> dict[str, str]:
     """name -> direction, in the given order (the first two are every plot's axes): each requested
-    objective in the direction its sweep file declared, else in its natural direction."""
-    names = requested.split(",") if isinstance(requested, str) else list(requested)
+    objective in the direction its sweep file declared, else in its natural direction. Nothing
+    requested: the objectives every sweep declared (in the first one's order), the ones its search
+    optimised; forgetting and preservation where the sweeps share fewer than two (bare tables)."""
+    sources = list(sources)
+    if requested is None:
+        names = shared_objectives(sources)
+    else:
+        names = requested.split(",") if isinstance(requested, str) else list(requested)
     return objective_directions(names, declared_objectives(sources))
+
+
+def shared_objectives(sources: Sequence[SweepSource]) -> list[str]:
+    declared = [list(source.objectives) for source in sources if source.objectives]
+    shared = [name for name in declared[0] if all(name in other for other in declared)] if declared else []
+    return shared if len(shared) >= 2 else list(DEFAULT_OBJECTIVES)
 
 
 def declared_objectives(sources: Iterable[SweepSource]) -> dict[str, str]:

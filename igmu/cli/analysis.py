@@ -14,17 +14,17 @@ import click
 from igmu.cli.options import SPLITS, Choice
 from igmu.cli.output import emit, note
 
-DEFAULT_OBJECTIVES_TEXT = "forgetting,preservation"
 OBJECTIVES_HELP = ("Comma-separated objectives: forgetting, preservation, quality, alignment, robustness, "
                    "efficiency_seconds, each in the direction the sweep file declared (else aspects are "
-                   "maximised, efficiency_seconds minimised). The first two are the plot axes.")
+                   "maximised, efficiency_seconds minimised). The first two are the plot axes. "
+                   "[default: the objectives the sweep files declare; forgetting,preservation for a bare table]")
 DEGENERATE_HELP = ("Keep trials whose scorecard is degenerate (most images unrecognisable: blank, noise, blur); "
                    "left out by default, since their forgetting is a broken model's.")
 
 
 @click.command("pareto")
 @click.argument("sweep")
-@click.option("--objectives", default=DEFAULT_OBJECTIVES_TEXT, show_default=True, help=OBJECTIVES_HELP)
+@click.option("--objectives", default=None, help=OBJECTIVES_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the front as JSON instead of a table.")
 @click.option("--include-stopped", is_flag=True, help="Keep early-stopped trials that have scores (marked).")
 @click.option("--include-degenerate", is_flag=True, help=DEGENERATE_HELP + " Marked.")
@@ -34,7 +34,7 @@ DEGENERATE_HELP = ("Keep trials whose scorecard is degenerate (most images unrec
 @click.option("--storage", default=None, help="Results root; default: $IGMU_RESULTS or ./igmu-results.")
 @click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
               help="MLflow tracking URI; default: $MLFLOW_TRACKING_URI, else SQLite under the results root.")
-def pareto_command(sweep: str, objectives: str, as_json: bool, include_stopped: bool, include_degenerate: bool,
+def pareto_command(sweep: str, objectives: str | None, as_json: bool, include_stopped: bool, include_degenerate: bool,
                    split: str,
                    storage: str | None, tracking_uri: str | None) -> None:
     """Pareto front of SWEEP (a sweep name, its MLflow parent run id or a results .parquet file).
@@ -79,12 +79,12 @@ def record_sweep_front(source, frontier) -> str | None:
 @click.argument("sweeps", nargs=-1, required=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("report"), show_default=True,
               help="Folder for report.md, report.html, fronts.png and the knee-point grids.")
-@click.option("--objectives", default=DEFAULT_OBJECTIVES_TEXT, show_default=True, help=OBJECTIVES_HELP)
+@click.option("--objectives", default=None, help=OBJECTIVES_HELP)
 @click.option("--include-stopped", is_flag=True, help="Keep early-stopped trials that have scores.")
 @click.option("--include-degenerate", is_flag=True, help=DEGENERATE_HELP)
 @click.option("--storage", default=None, help="Results root; default: $IGMU_RESULTS or ./igmu-results.")
 @click.option("--json", "as_json", is_flag=True, help="Print the leaderboard as JSON instead of a table.")
-def compare_command(sweeps: tuple[str, ...], out: Path, objectives: str, include_stopped: bool,
+def compare_command(sweeps: tuple[str, ...], out: Path, objectives: str | None, include_stopped: bool,
                     include_degenerate: bool, storage: str | None, as_json: bool) -> None:
     """Leaderboard of the algorithms in one or more SWEEPS, with a Markdown and an HTML report."""
     from igmu.analysis.frontier import (
