@@ -155,6 +155,17 @@ def noised(generator: Generator, clean: torch.Tensor, rng: torch.Generator):
     return generator.scheduler.add_noise(clean, noise, t), t, generator.training_target(clean, noise, t)
 
 
+def guided_denoising_loss(generator: Generator, clean: torch.Tensor, prompts: list[str], guidance: float,
+                          rng: torch.Generator) -> torch.Tensor:
+    """|| epsilon - epsilon~_theta(x_t, c) ||^2 with the classifier-free guided prediction
+    epsilon~ = (1 + w) epsilon_theta(x_t, c) - w epsilon_theta(x_t): the forget loss whose gradient
+    SalUn's saliency mask and ScissorHands' SNIP scores are taken of (both official codes use w = 7.5)."""
+    x_t, t, target = noised(generator, clean, rng)
+    cond = generator.unet(x_t, t, encoder_hidden_states=generator.encode_prompt(prompts)).sample
+    uncond = generator.unet(x_t, t, encoder_hidden_states=generator.encode_prompt([""] * len(clean))).sample
+    return F.mse_loss(target, (1 + guidance) * cond - guidance * uncond)
+
+
 def diffusion_loss(generator: Generator, clean: torch.Tensor, prompts: list[str], rng: torch.Generator,
                    unet: torch.nn.Module | None = None) -> torch.Tensor:
     """L_DM = E ||epsilon - epsilon_theta(x_t, c, t)||^2, the standard denoising loss (with the

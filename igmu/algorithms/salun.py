@@ -17,6 +17,7 @@ from igmu.algorithms.common import (
     ParameterSet,
     apply_masks,
     diffusion_loss,
+    guided_denoising_loss,
     noised,
     pick,
     prompt_images,
@@ -92,11 +93,7 @@ class SalUn(Unlearner):
     def mask_loss(self, clean: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         """The forget loss the saliency is taken of: -|| epsilon - epsilon~_theta(x_t, c_f) ||^2 with
         the classifier-free guided prediction epsilon~ = (1 + w) epsilon_theta(x_t, c_f) - w epsilon_theta(x_t)."""
-        gen, w = self.generator, self.params.mask_guidance
-        x_t, t, target = noised(gen, clean, self.rng)
-        cond = gen.unet(x_t, t, encoder_hidden_states=gen.encode_prompt(prompts)).sample
-        uncond = gen.unet(x_t, t, encoder_hidden_states=gen.encode_prompt([""] * len(clean))).sample
-        return -F.mse_loss(target, (1 + w) * cond - w * uncond)
+        return -guided_denoising_loss(self.generator, clean, prompts, self.params.mask_guidance, self.rng)
 
     def mask_gradients(self) -> None:
         apply_masks(self.trained, self.masks)
