@@ -99,13 +99,16 @@ def generator_modules(generator) -> list[str]:
 
 
 def changed_tensors(before: dict[str, torch.Tensor], module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The module's tensors that differ from `before`; one `before` lacks (an adapter the algorithm
+    added, Receler's erasers) counts as changed."""
     return {name: t.detach().cpu().clone() for name, t in module.state_dict().items()
-            if not torch.equal(t.detach().cpu(), before[name])}
+            if name not in before or not torch.equal(t.detach().cpu(), before[name])}
 
 
 def changed_bytes(before: dict[str, torch.Tensor], changed: dict[str, torch.Tensor]) -> int:
-    """Bytes of the individual parameter entries that differ from the base model."""
-    return sum(int((t != before[name]).sum()) * t.element_size() for name, t in changed.items())
+    """Bytes of the individual parameter entries that differ from the base model (all of an added tensor's)."""
+    return sum((int((t != before[name]).sum()) if name in before else t.numel()) * t.element_size()
+               for name, t in changed.items())
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -137,10 +140,14 @@ def save_run(out: Path, unlearner: Unlearner, card: dict, changed: dict[str, tor
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
-    unlearner.generator.save(out / "model", stock_weights=type(unlearner).stock_weights)
+    unsaved = type(unlearner).unsaved_reason
+    if not unsaved:
+        unlearner.generator.save(out / "model", stock_weights=type(unlearner).stock_weights)
     save_file({k: v.contiguous() for k, v in changed.items()}, str(out / "changed.safetensors"))
     config = {"algorithm": unlearner.name, "target": unlearner.task.target, "seed": unlearner.seed,
               "params": dataclasses.asdict(unlearner.params)}
+    if unsaved:
+        config["model_not_saved"] = unsaved
     _write_json(out / "config.json", config)
     _write_json(out / "scorecard.json", card)
 

@@ -61,6 +61,10 @@ class Unlearner:
     # or keep adapters apart: their saved folders name igmu's pipeline and stock loaders refuse them,
     # since loading the weights alone would silently give back a model that was never erased.
     stock_weights: ClassVar[bool] = True
+    # Why no model folder can hold the result, or "" when one can: methods that add modules applied
+    # by hooks (Receler's erasers). `igmu run --out` then saves everything but the model folder, and
+    # `igmu export` refuses, instead of writing a folder that loads un-erased.
+    unsaved_reason: ClassVar[str] = ""
     # On kinds that use official defaults (`GeneratorKind.uses_official_defaults`: Stable Diffusion),
     # the official code's values for SD 1.x replace the world-rescaled `Params` defaults ...
     official_defaults: ClassVar[dict[str, Any]] = {}
