@@ -156,9 +156,10 @@ def test_a_prompt_without_the_concept_gets_no_localisation():
     assert mask[1].eq(1).all() and not mask[0].eq(1).all()
 
 
-def test_the_loss_is_esd_on_the_adversarial_prompt_plus_the_weighted_regularisation(world):
+@pytest.mark.parametrize("erase_on", ["adversarial", "both"])
+def test_the_loss_is_esd_on_the_adversarial_prompt_plus_the_weighted_regularisation(world, erase_on):
     original = load("world", device="cpu")
-    unlearner = prepared(world, advrs_iters=1, reg_weight=0.7)
+    unlearner = prepared(world, advrs_iters=1, reg_weight=0.7, erase_on=erase_on)
     randomise_erasers(unlearner)
     batch = unlearner.draw()
     frozen = unlearner.frozen_scores(batch)
@@ -172,8 +173,15 @@ def test_the_loss_is_esd_on_the_adversarial_prompt_plus_the_weighted_regularisat
             cond[b, start:start + 4] = unlearner.adversarial
         with record_adapter_outputs(unlearner.erasers) as outputs:
             e_n = world.unet(batch["x_t"], batch["t"], encoder_hidden_states=cond).sample
-        regularisation = localisation_loss([o for outs in outputs.values() for o in outs], frozen["mask"])
+            # with `both`, the plain prompt's score is trained towards the same target
+            e_c = world.unet(batch["x_t"], batch["t"], encoder_hidden_states=batch["cond"]).sample
+        recorded = [o for outs in outputs.values() for o in outs]
+        # each eraser's outputs on the adversarial prompt, then (with both) on the plain one
+        recorded = recorded if erase_on == "both" else recorded[::2]
+        regularisation = localisation_loss(recorded, frozen["mask"])
     erase = F.mse_loss(e_n, e_0 - 1.0 * (e_p - e_0))
+    if erase_on == "both":
+        erase = erase + F.mse_loss(e_c, e_0 - 1.0 * (e_p - e_0))
     assert torch.equal(esd_target(e_0, e_p, 1.0), e_0 - (e_p - e_0))
     unlearner.draw = lambda: batch
     unlearner.frozen_scores = lambda _: frozen

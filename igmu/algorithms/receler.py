@@ -88,6 +88,9 @@ class RecelerParams(CommonParams):
     adversarial_tokens: int = hyperparameter(4, 1, 256, "learnable adversarial prompt embeddings (official 16)")
     adversarial_lr: float = hyperparameter(0.1, 1e-5, 10.0, "Adam learning rate of the adversarial embeddings", log=True)
     adversarial_weight_decay: float = hyperparameter(0.1, 0.0, 10.0, "Adam weight decay of the adversarial embeddings")
+    erase_on: Literal["both", "adversarial"] = hyperparameter(
+        "both", doc="prompts the ESD loss trains the erasers on: the plain prompt and the adversarial one (both), "
+                    "or the adversarial one alone (the official's intent)")
 
 
 # --- the concept mask and the regularisation -----------------------------------------------------
@@ -166,7 +169,7 @@ class Receler(Unlearner):
     official_defaults = {"lr": 3e-4, "steps": 500, "batch_size": 1, "rank": 128, "negative_guidance": 1.0,
                          "start_guidance": 3.0, "ddim_steps": 50, "reference": "unconditional", "reg_weight": 0.1,
                          "mask_thres": 0.1, "advrs_iters": 50, "adversarial_tokens": 16, "adversarial_lr": 0.1,
-                         "adversarial_weight_decay": 0.1}
+                         "adversarial_weight_decay": 0.1, "erase_on": "adversarial"}
 
     def prepare(self) -> None:
         gen, p = self.generator, self.params
@@ -219,10 +222,11 @@ class Receler(Unlearner):
         self.adversarial_optimizer.zero_grad(set_to_none=True)
         return float(loss.detach())
 
-    def erased_score(self, batch: dict) -> torch.Tensor:
-        """e_n = epsilon_theta(x_t, c + adversarial tokens, t), erasers on (the plain prompt with no attack)."""
+    def erased_score(self, batch: dict, adversarial: bool = True) -> torch.Tensor:
+        """e_n = epsilon_theta(x_t, [c; P], t), erasers on; epsilon_theta(x_t, c, t) without P (or
+        with no attack)."""
         cond = batch["cond"]
-        if self.params.advrs_iters:
+        if adversarial and self.params.advrs_iters:
             cond = with_adversarial(cond, self.adversarial, batch["starts"])
         return self.generator.unet(batch["x_t"], batch["t"], encoder_hidden_states=cond).sample
 
@@ -230,9 +234,9 @@ class Receler(Unlearner):
         """Receler's objective (Huang et al. 2024, Sec. 3; train_receler.py): erasers E_theta after
         every cross-attention, trained with ESD's negatively guided target on prompts that carry
         adversarial embeddings, plus the concept-localised regularisation,
-            L = || e_n - [e_0 - eta (e_p - e_0)] ||^2 + alpha L_reg,
+            L = || e_n - [e_0 - eta (e_p - e_0)] ||^2 (+ || e_c - [...] ||^2 with `erase_on` both) + alpha L_reg,
             L_reg = sum_{b,p} mean_c (E_theta(h)[b, p, c] (1 - M[b, p]))^2 / sum_{b,p} (1 - M[b, p]),
-        averaged over erasers, where M is the concept-token cross-attention of the original model,
+        averaged over erasers (and passes), where M is the concept-token cross-attention of the original model,
         min-max normalised and thresholded at tau; before each eraser update the adversarial
         embeddings P take `advrs_iters` Adam steps on min_P || e_n(P) - e_p ||^2.
         (Section and equation numbers from the official code's structure; the paper's text was not
@@ -242,7 +246,7 @@ class Receler(Unlearner):
         - erasers -> E_theta (zero-initialised bottleneck adapters; base weights frozen)
         - adversarial -> the adversarial prompt embeddings P; batch["cond"] -> c
         - e_0, e_p -> epsilon*(x_t, t), epsilon*(x_t, c, t) of the original (erasers off)
-        - e_n -> epsilon_theta(x_t, [c; P], t) of the erased model
+        - e_n -> epsilon_theta(x_t, [c; P], t) of the erased model; e_c -> epsilon_theta(x_t, c, t)
         - negative_guidance -> eta; reg_weight -> alpha; mask_thres -> tau; mask -> M
         """
         p = self.params
@@ -254,12 +258,18 @@ class Receler(Unlearner):
         attack_losses = []
         for _ in range(max(p.advrs_iters - 1, 0)):
             attack_losses.append(self.attack(self.erased_score(batch), frozen["e_p"]))
-        # 4. the last inner step: e_n with the eraser outputs recorded, P's last step, then the eraser step
+        # 4. the last inner step: e_n (and with `erase_on` both, the plain prompt's score) with the
+        #    eraser outputs recorded, P's last step, then the eraser step
+        both = p.erase_on == "both" and p.advrs_iters > 0
         with record_adapter_outputs(self.erasers) as outputs:
             e_n = self.erased_score(batch)
+            e_c = self.erased_score(batch, adversarial=False) if both else None
         if p.advrs_iters:
             attack_losses.append(self.attack(e_n, frozen["e_p"]))
-        erase = F.mse_loss(e_n, esd_target(frozen["e_0"], frozen["e_p"], p.negative_guidance))
+        target = esd_target(frozen["e_0"], frozen["e_p"], p.negative_guidance)
+        erase = F.mse_loss(e_n, target)
+        if e_c is not None:
+            erase = erase + F.mse_loss(e_c, target)
         regularisation = localisation_loss([out for recorded in outputs.values() for out in recorded], frozen["mask"])
         loss = erase + p.reg_weight * regularisation
         self.update(loss)
