@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from igmu.algorithms.base import Unlearner, get_algorithm, make_params
+from igmu.algorithms.hooks import attach_saved_adapters
 from igmu.algorithms.loop import run_unlearning
 from igmu.algorithms.task import (
     UnlearningTask,
@@ -75,7 +76,8 @@ def changed_since(before: dict[str, torch.Tensor], unlearner: Unlearner) -> dict
 
 
 def apply_changed(generator, changed: dict[str, torch.Tensor]) -> None:
-    """Load `<module>.<tensor>` tensors (as `unlearn` returns them) into `generator`'s modules."""
+    """Load `<module>.<tensor>` tensors (as `unlearn` returns them) into `generator`'s modules; an
+    adapter among them that the module lacks (Receler's erasers) is attached first."""
     by_module: dict[str, dict[str, torch.Tensor]] = {}
     for name, tensor in changed.items():
         key, _, tensor_name = name.partition(".")
@@ -85,6 +87,7 @@ def apply_changed(generator, changed: dict[str, torch.Tensor]) -> None:
         if not isinstance(module, torch.nn.Module):
             raise UsageError(f"changed tensor {key}.* names no module of a {generator.kind.name} generator; "
                              f"valid: {', '.join(generator_modules(generator))}")
+        attach_saved_adapters(module, tensors)
         result = module.load_state_dict(tensors, strict=False)
         if result.unexpected_keys:
             raise UsageError(f"changed tensor {key}.{result.unexpected_keys[0]} is not in the model's {key}; "

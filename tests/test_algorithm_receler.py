@@ -15,7 +15,7 @@ from igmu.algorithms.receler import Receler, adversarial_start, concept_mask, lo
 from igmu.cli.main import main
 from igmu.errors import UsageError
 from igmu.models.loader import load
-from igmu.run import build_unlearner, changed_since, module_states, save_run
+from igmu.run import apply_changed, build_unlearner, changed_since, module_states, save_run
 from igmu.sweep.results import (
     CHANGED_FILE,
     STATE_FILE,
@@ -295,6 +295,20 @@ def test_a_run_saves_everything_but_the_model_folder(world, tmp_path):
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["model_not_saved"] == Receler.unsaved_reason
     assert (tmp_path / "run" / "changed.safetensors").is_file() and (tmp_path / "run" / "scorecard.json").is_file()
+
+
+def test_changed_tensors_applied_to_a_fresh_model_give_back_the_erased_model(world):
+    """How a sweep re-scores a kept trial on the test split: the original model plus its changed tensors."""
+    unlearner = prepared(world)
+    for _ in range(2):
+        unlearner.step()
+    randomise_erasers(unlearner, scale=0.3)  # two steps move the erasers too little to see in images
+    changed = changed_since(module_states(load("world", device="cpu"), ["unet", "text_encoder"]), unlearner)
+    fresh = load("world", device="cpu")
+    apply_changed(fresh, changed)
+    erased = world.sample(["a ember ball"], seed=0)
+    assert torch.equal(fresh.sample(["a ember ball"], seed=0), erased)
+    assert not torch.allclose(load("world", device="cpu").sample(["a ember ball"], seed=0), erased, atol=1e-3)
 
 
 def test_export_of_a_receler_trial_is_refused_in_one_line(world, tmp_path, capsys):

@@ -283,3 +283,19 @@ def record_adapter_outputs(adapters: dict[str, OutputAdapter]) -> Iterator[dict[
     finally:
         for adapter in adapters.values():
             adapter.recording = None
+
+
+def attach_saved_adapters(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, OutputAdapter]:
+    """Attach an `OutputAdapter` wherever `tensors` (a state_dict's, e.g. a run's changed tensors)
+    hold one that `model` lacks, sized from its `down` weight, so that loading them gives back the
+    adapted model (a sweep's held-out re-scoring of a Receler trial). Returns them by layer name."""
+    modules = dict(model.named_modules())
+    suffix = f".{ADAPTER_CHILD}.down.weight"
+    added = {}
+    for key, tensor in tensors.items():
+        layer = key[:-len(suffix)]
+        if key.endswith(suffix) and layer in modules and f"{layer}.{ADAPTER_CHILD}" not in modules:
+            rank, features = tensor.shape
+            # The initial values do not matter: the caller loads the saved ones over them.
+            added[layer] = OutputAdapter(modules[layer], features, rank, torch.Generator().manual_seed(0))
+    return added

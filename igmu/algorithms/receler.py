@@ -69,7 +69,9 @@ class RecelerParams(CommonParams):
       `x = adapter(ca) + ca + x`); the official's are children of the transformer blocks.
     - A model folder cannot hold the erasers (they are applied by hooks): `igmu run --out` saves
       everything but the model folder and `igmu export` refuses (`Receler.unsaved_reason`). The
-      official saves eraser weights beside a stock SD and loads them with its own code."""
+      eraser tensors are a run's changed tensors (`<attn2>.adapter.*`), and `apply_changed` attaches
+      erasers for them, so a sweep's held-out re-scoring gives back the erased model. The official
+      saves eraser weights beside a stock SD and loads them with its own code."""
 
     lr: float = hyperparameter(1e-3, 1e-7, 1e-1, "Adam learning rate of the erasers", log=True)
     steps: int = hyperparameter(100, 1, 100_000, "outer (eraser) optimisation steps")
