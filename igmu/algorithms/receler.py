@@ -53,9 +53,11 @@ class RecelerParams(CommonParams):
     - ball, erase_on both, unconditional: lr 1e-3 0.542 / 0.809; lr 3e-3 0.250 / 0.608;
     - ball, erase_on both, anchor, lr 1e-3: 0.583 / 0.845 (kept);
     - hazard, erase_on both, lr 1e-3: unconditional 0.208 / 0.877, anchor 0.583 / 0.906 (kept).
-    No setting tried reached forgetting 0.80 (a quarter of the unforgotten ball prompts lost the
-    rest of their scene instead). Each small run's 100 steps took 330-640 s of a heavily shared
-    2-core machine (load 15-25), so no longer runs were tried.
+    Full budget at these defaults: ball 0.646 / 0.883 (quality 0.783, alignment 0.978, robustness
+    0.635), hazard 0.646 / 0.919 (quality 0.997, alignment 0.911, robustness 0.531). No setting
+    tried reached forgetting 0.80: of the prompts not forgotten, most still show the ball and some
+    lost the rest of their scene instead. Each run's 100 steps took 330-640 s of a heavily shared
+    2-core machine (load 15-25; wall 11 min at full budget), so few settings were tried.
 
     On Stable Diffusion `Receler.official_defaults` apply instead, train_receler.py's argparse
     defaults for SD 1.4: Adam lr 3e-4, 500 iterations, batch 1, eraser rank 128, start guidance 3,
