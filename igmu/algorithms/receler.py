@@ -35,7 +35,7 @@ class RecelerParams(CommonParams):
     """World defaults, rescaled for the world model (2.7M parameters, attn2 widths 64 and 96, a
     24-token text context, 10-step sampler at guidance 2) and for a run of at most a few minutes on
     two CPU cores: erasers of rank 16 (the official 128 is 10-40% of SD 1.4's 320-1280 channels;
-    16 is 17-25% of the world's 64-96), lr 1e-3, 100 outer steps of batch 4, 10 DDIM steps,
+    16 is 17-25% of the world's 64-96), lr 1e-3, 200 outer steps of batch 4, 10 DDIM steps,
     `advrs_iters` 5 inner adversarial steps (official 50: each costs a forward and backward pass) and
     4 adversarial tokens (official 16 of SD's 77 positions; the world's prompts end by position 11 of
     24). The concept-localised regularisation keeps the official weight 0.1 and threshold 0.1.
@@ -53,11 +53,14 @@ class RecelerParams(CommonParams):
     - ball, erase_on both, unconditional: lr 1e-3 0.542 / 0.809; lr 3e-3 0.250 / 0.608;
     - ball, erase_on both, anchor, lr 1e-3: 0.583 / 0.845 (kept);
     - hazard, erase_on both, lr 1e-3: unconditional 0.208 / 0.877, anchor 0.583 / 0.906 (kept).
-    Full budget at these defaults: ball 0.646 / 0.883 (quality 0.783, alignment 0.978, robustness
-    0.635), hazard 0.646 / 0.919 (quality 0.997, alignment 0.911, robustness 0.531). No setting
-    tried reached forgetting 0.80: of the prompts not forgotten, most still show the ball and some
-    lost the rest of their scene instead. Each run's 100 steps took 330-640 s of a heavily shared
-    2-core machine (load 15-25; wall 11 min at full budget), so few settings were tried.
+    Full budget (erase_on both, anchor, lr 1e-3; quality, alignment, robustness in brackets):
+    - ball, 100 steps: 0.646 / 0.883 (0.783, 0.978, 0.635); eta 2: 0.792 / 0.888 (0.763, 0.989,
+      0.635); 200 steps: 0.875 / 0.900 (0.780, 1.000, 0.625), kept: the only setting at the bar;
+    - hazard, 100 steps: 0.646 / 0.919 (0.997, 0.911, 0.531), kept (`Receler.category_defaults`);
+      eta 2: 0.625 / 0.908 (0.996, 0.900, 0.542).
+    The rest of the prompts not forgotten still show the target, or lost the rest of their scene.
+    Runs were timed on a heavily shared 2-core machine (load 15-25): 100 steps took 330-640 s,
+    200 steps 932 s, so few settings were tried.
 
     On Stable Diffusion `Receler.official_defaults` apply instead, train_receler.py's argparse
     defaults for SD 1.4: Adam lr 3e-4, 500 iterations, batch 1, eraser rank 128, start guidance 3,
@@ -91,7 +94,7 @@ class RecelerParams(CommonParams):
       saves eraser weights beside a stock SD and loads them with its own code."""
 
     lr: float = hyperparameter(1e-3, 1e-7, 1e-1, "Adam learning rate of the erasers", log=True)
-    steps: int = hyperparameter(100, 1, 100_000, "outer (eraser) optimisation steps")
+    steps: int = hyperparameter(200, 1, 100_000, "outer (eraser) optimisation steps")
     batch_size: int = hyperparameter(4, 1, 256, "forget prompts per step")
     rank: int = hyperparameter(16, 1, 4096, "eraser bottleneck width (official 128)")
     negative_guidance: float = hyperparameter(1.0, 0.0, 10.0, "eta: how far the ESD target pushes away from the concept")
@@ -183,7 +186,8 @@ class Receler(Unlearner):
     stock_weights = False
     unsaved_reason = ("its erasers are adapters applied by hooks after each attn2, which a model folder cannot "
                       "hold: loaded from one, the model would sample un-erased")
-    category_defaults = {}
+    # The hazard badge was measured at 100 steps (full budget 0.646 / 0.919); 200 were measured on ball only.
+    category_defaults = {"sensitive": {"steps": 100}}
     # train_receler.py's argparse defaults (SD 1.4).
     official_defaults = {"lr": 3e-4, "steps": 500, "batch_size": 1, "rank": 128, "negative_guidance": 1.0,
                          "start_guidance": 3.0, "ddim_steps": 50, "reference": "unconditional", "reg_weight": 0.1,
