@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from igmu.algorithms.base import Unlearner, get_algorithm, make_params
+from igmu.algorithms.hooks import attach_saved_adapters
 from igmu.algorithms.loop import run_unlearning
 from igmu.algorithms.task import (
     UnlearningTask,
@@ -83,7 +84,8 @@ def apply_trial(generator, changed: dict[str, torch.Tensor], manifest: dict) -> 
 
 
 def apply_changed(generator, changed: dict[str, torch.Tensor]) -> None:
-    """Load `<module>.<tensor>` tensors (as `unlearn` returns them) into `generator`'s modules."""
+    """Load `<module>.<tensor>` tensors (as `unlearn` returns them) into `generator`'s modules; an
+    adapter among them that the module lacks (Receler's erasers) is attached first."""
     by_module: dict[str, dict[str, torch.Tensor]] = {}
     for name, tensor in changed.items():
         key, _, tensor_name = name.partition(".")
@@ -93,6 +95,7 @@ def apply_changed(generator, changed: dict[str, torch.Tensor]) -> None:
         if not isinstance(module, torch.nn.Module):
             raise UsageError(f"changed tensor {key}.* names no module of a {generator.kind.name} generator; "
                              f"valid: {', '.join(generator_modules(generator))}")
+        attach_saved_adapters(module, tensors)
         result = module.load_state_dict(tensors, strict=False)
         if result.unexpected_keys:
             raise UsageError(f"changed tensor {key}.{result.unexpected_keys[0]} is not in the model's {key}; "
@@ -107,13 +110,16 @@ def generator_modules(generator) -> list[str]:
 
 
 def changed_tensors(before: dict[str, torch.Tensor], module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The module's tensors that differ from `before`; one `before` lacks (an adapter the algorithm
+    added, Receler's erasers) counts as changed."""
     return {name: t.detach().cpu().clone() for name, t in module.state_dict().items()
-            if not torch.equal(t.detach().cpu(), before[name])}
+            if name not in before or not torch.equal(t.detach().cpu(), before[name])}
 
 
 def changed_bytes(before: dict[str, torch.Tensor], changed: dict[str, torch.Tensor]) -> int:
-    """Bytes of the individual parameter entries that differ from the base model."""
-    return sum(int((t != before[name]).sum()) * t.element_size() for name, t in changed.items())
+    """Bytes of the individual parameter entries that differ from the base model (all of an added tensor's)."""
+    return sum((int((t != before[name]).sum()) if name in before else t.numel()) * t.element_size()
+               for name, t in changed.items())
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -173,10 +179,14 @@ def save_run(out: Path, unlearner: Unlearner, card: dict, changed: dict[str, tor
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
-    unlearner.generator.save(out / "model", stock_weights=type(unlearner).stock_weights)
+    unsaved = type(unlearner).unsaved_reason
+    if not unsaved:
+        unlearner.generator.save(out / "model", stock_weights=type(unlearner).stock_weights)
     save_file({k: v.contiguous() for k, v in changed.items()}, str(out / "changed.safetensors"))
     config = {"algorithm": unlearner.name, "target": unlearner.task.target, "seed": unlearner.seed,
               "params": dataclasses.asdict(unlearner.params)}
+    if unsaved:
+        config["model_not_saved"] = unsaved
     _write_json(out / "config.json", config)
     _write_json(out / "scorecard.json", card)
 

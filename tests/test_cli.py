@@ -80,6 +80,7 @@ TINY_RUN = {"esd": ["steps=2", "ddim_steps=4"], "salun": ["steps=2", "forget_ima
             "fmn": ["steps=2", "forget_images=4"],
             "mace": ["steps=2", "forget_images=4", "preserve_prompts=10"],
             "sdd": ["steps=2", "ddim_steps=4"],
+            "receler": ["steps=2", "ddim_steps=4", "advrs_iters=2"],
             **{name: ["steps=2", "batch_size=4", "forget_images=4", "retain_images=4"]
                for name in ("i2i", "i2i-max-loss", "i2i-noisy-label", "i2i-retain-label", "i2i-random-encoder")}}
 # Where a saved run keeps the edited weights, by the kind of generator the algorithm edits.
@@ -111,8 +112,11 @@ def test_run_end_to_end_saves_model_scorecard_and_grid(name, tmp_path, capsys, m
     assert set(card["aspects"]) == {"forgetting", "preservation"}
     assert card["efficiency"]["changed_bytes"] > 0 and card["efficiency"]["seconds"] > 0
     kind = "i2i" if WorldImageToImage in ALGORITHMS[name].generator_kinds else "world"
-    for path in (SAVED_WEIGHTS[kind], "changed.safetensors", "scorecard.json", "config.json", "grid.png"):
+    # A result no model folder can hold (Receler's erasers) is saved without one.
+    saved = () if ALGORITHMS[name].unsaved_reason else (SAVED_WEIGHTS[kind],)
+    for path in (*saved, "changed.safetensors", "scorecard.json", "config.json", "grid.png"):
         assert (tmp_path / "out" / path).is_file(), path
+    assert (tmp_path / "out" / "model").exists() == (not ALGORITHMS[name].unsaved_reason)
     assert json.loads((tmp_path / "out" / "scorecard.json").read_text())["aspects"] == card["aspects"]
 
 

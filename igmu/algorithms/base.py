@@ -65,6 +65,10 @@ class Unlearner:
     # installing a guidance rule on the generator (`igmu.models.guidance`). Efficiency then reports
     # the sampling overhead, and the rule travels with the trial's weights and any saved folder.
     edits_sampler: ClassVar[bool] = False
+    # Why no model folder can hold the result, or "" when one can: methods that add modules applied
+    # by hooks (Receler's erasers). `igmu run --out` then saves everything but the model folder, and
+    # `igmu export` refuses, instead of writing a folder that loads un-erased.
+    unsaved_reason: ClassVar[str] = ""
     # On kinds that use official defaults (`GeneratorKind.uses_official_defaults`: Stable Diffusion),
     # the official code's values for SD 1.x replace the world-rescaled `Params` defaults ...
     official_defaults: ClassVar[dict[str, Any]] = {}

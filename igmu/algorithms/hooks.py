@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
+import torch.nn.functional as F
 
 CROSS_ATTENTION_SUFFIX = "attn2"
 FFN_OUTPUT_SUFFIX = "ff.net.2"
@@ -202,3 +203,99 @@ class LoRA(torch.nn.Module):
 
 def attach_lora(layers: dict[str, torch.nn.Linear], rank: int, generator: torch.Generator) -> dict[str, LoRA]:
     return {name: LoRA(layer, rank, generator) for name, layer in layers.items()}
+
+
+# --- bottleneck adapters on layer outputs --------------------------------------------------------
+
+# The name an adapter takes as a child of the layer it adapts (its tensors: `<layer>.adapter.*`).
+ADAPTER_CHILD = "adapter"
+
+
+class OutputAdapter(torch.nn.Module):
+    """A bottleneck adapter added residually to a layer's output, y -> y + up(GELU(down(y)))
+    (Receler's eraser). `down` starts as nn.Linear's default (uniform within 1/sqrt(features)),
+    drawn from `generator`; `up` starts at zero, so a fresh adapter leaves the layer's output exactly
+    as it was. The adapter is registered as the layer's child `adapter`, so its tensors are in the
+    model's state_dict, and is applied by a forward hook on the layer. While `enabled` is False the
+    layer's output passes unchanged; while `recording` is a list, every adapter output is appended."""
+
+    # A model folder holds a UNet's weights, not the hooks that apply this module: `Generator.save`
+    # refuses a UNet carrying it (see igmu.models.text_to_image.HELD_OUTSIDE_WEIGHTS).
+    held_outside_weights = True
+
+    def __init__(self, layer: torch.nn.Module, features: int, rank: int, generator: torch.Generator):
+        super().__init__()
+        reference = next(layer.parameters())
+        bound = features ** -0.5
+        self.down = torch.nn.Linear(features, rank)
+        self.up = torch.nn.Linear(rank, features)
+        with torch.no_grad():
+            self.down.weight.copy_((torch.rand(rank, features, generator=generator) * 2 - 1) * bound)
+            self.down.bias.copy_((torch.rand(rank, generator=generator) * 2 - 1) * bound)
+            self.up.weight.zero_()
+            self.up.bias.zero_()
+        self.to(reference)
+        self.enabled = True
+        self.recording: list[torch.Tensor] | None = None
+        layer.add_module(ADAPTER_CHILD, self)
+        self.handle = layer.register_forward_hook(self.add_to_output)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.up(F.gelu(self.down(hidden_states)))
+
+    def add_to_output(self, layer, args, output):
+        if not self.enabled:
+            return output
+        delta = self(output)
+        if self.recording is not None:
+            self.recording.append(delta)
+        return output + delta
+
+
+def attach_cross_attention_adapters(unet: torch.nn.Module, rank: int,
+                                    generator: torch.Generator) -> dict[str, OutputAdapter]:
+    """One `OutputAdapter` of rank `rank` after every `attn2`, keyed by the attn2's name."""
+    return {name: OutputAdapter(layer, layer.to_out[0].out_features, rank, generator)
+            for name, layer in cross_attention_layers(unet).items()}
+
+
+@contextmanager
+def adapters_disabled(adapters: dict[str, OutputAdapter]) -> Iterator[None]:
+    """Within the block the adapted layers compute as the original model's do."""
+    previous = {name: adapter.enabled for name, adapter in adapters.items()}
+    for adapter in adapters.values():
+        adapter.enabled = False
+    try:
+        yield
+    finally:
+        for name, adapter in adapters.items():
+            adapter.enabled = previous[name]
+
+
+@contextmanager
+def record_adapter_outputs(adapters: dict[str, OutputAdapter]) -> Iterator[dict[str, list[torch.Tensor]]]:
+    """Within the block every adapter appends its outputs (graph kept) to the yielded lists."""
+    outputs: dict[str, list[torch.Tensor]] = {name: [] for name in adapters}
+    for name, adapter in adapters.items():
+        adapter.recording = outputs[name]
+    try:
+        yield outputs
+    finally:
+        for adapter in adapters.values():
+            adapter.recording = None
+
+
+def attach_saved_adapters(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, OutputAdapter]:
+    """Attach an `OutputAdapter` wherever `tensors` (a state_dict's, e.g. a run's changed tensors)
+    hold one that `model` lacks, sized from its `down` weight, so that loading them gives back the
+    adapted model (a sweep's held-out re-scoring of a Receler trial). Returns them by layer name."""
+    modules = dict(model.named_modules())
+    suffix = f".{ADAPTER_CHILD}.down.weight"
+    added = {}
+    for key, tensor in tensors.items():
+        layer = key[:-len(suffix)]
+        if key.endswith(suffix) and layer in modules and f"{layer}.{ADAPTER_CHILD}" not in modules:
+            rank, features = tensor.shape
+            # The initial values do not matter: the caller loads the saved ones over them.
+            added[layer] = OutputAdapter(modules[layer], features, rank, torch.Generator().manual_seed(0))
+    return added

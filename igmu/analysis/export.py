@@ -47,6 +47,7 @@ def export_trial(sweep: str, out: Path, trial: str | None = None, knee: bool = F
             weights = fetch_weights(source, row, Path(scratch))
             shown.update(completed=1, description=_stage(1))
             manifest = json.loads((weights / WEIGHTS_MANIFEST).read_text())
+            check_exportable(manifest["algorithm"])
             generator = rebuild(manifest, weights / CHANGED_FILE)
         shown.update(completed=2, description=_stage(2))
         from igmu.algorithms.base import get_algorithm
@@ -60,6 +61,15 @@ def export_trial(sweep: str, out: Path, trial: str | None = None, knee: bool = F
 
 def _stage(index: int) -> str:
     return f"export: {STAGES[index]}"
+
+
+def check_exportable(algorithm: str) -> None:
+    """Refuse an algorithm whose result no model folder can hold (`Unlearner.unsaved_reason`)."""
+    from igmu.algorithms.base import get_algorithm
+
+    reason = get_algorithm(algorithm).unsaved_reason
+    if reason:
+        raise UsageError(f"cannot export a {algorithm} trial: {reason}")
 
 
 def check_choice(trial: str | None, knee: bool) -> None:

@@ -39,6 +39,10 @@ COMPONENTS = ("text_encoder", "tokenizer", "scheduler")
 # Images the VAE decodes at once (a memory budget; the `--batch-size` setting replaces it).
 DEFAULT_DECODE_BATCH = 4
 # Samplers an evaluation can choose, each built from the model folder's own scheduler configuration.
+# A module flag: a UNet child that sets it (an adapter applied by forward hooks, Receler's erasers)
+# is not part of what a model folder holds, so `Generator.save` refuses such a UNet rather than write
+# a folder that igmu's loader and diffusers' would load without it.
+HELD_OUTSIDE_WEIGHTS = "held_outside_weights"
 SCHEDULERS = {"ddim": "DDIMScheduler", "pndm": "PNDMScheduler", "euler": "EulerDiscreteScheduler",
               "dpm": "DPMSolverMultistepScheduler", "ddpm": "DDPMScheduler"}
 
@@ -259,6 +263,10 @@ class Generator:
         """Save as a diffusers-layout folder of safetensors (the unet and text encoder carry edits),
         indexed as the kind says. `stock_weights=False` (an unlearner whose effect the weights alone
         do not carry) writes a folder that stock diffusers pipelines refuse to load."""
+        held = [name for name, module in self.unet.named_modules() if getattr(module, HELD_OUTSIDE_WEIGHTS, False)]
+        if held:
+            raise UsageError(f"cannot save this model: its unet holds {len(held)} adapter(s) applied by hooks "
+                             f"({held[0]}, ...), which a model folder cannot hold; loading it would sample un-erased")
         path = Path(path)
         stock_weights = stock_weights and self.stock_weights and self.guidance_rule is None
         for name, component in self.components(stock_weights).items():
