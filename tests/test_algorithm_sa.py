@@ -14,7 +14,8 @@ from igmu.models.text_to_image import StableDiffusion
 from igmu.run import build_unlearner
 
 # Two surrogate and two replay images, three Fisher timesteps in parts of two: seconds on the world.
-TINY = {"steps": 2, "batch_size": 2, "anchor_images": 2, "retain_images": 2, "fisher_timesteps": 3}
+TINY = {"steps": 2, "batch_size": 2, "anchor_images": 2, "retain_images": 2, "fisher_timesteps": 3,
+        "fisher_pass_timesteps": 2}
 
 
 @pytest.fixture
@@ -105,7 +106,8 @@ def test_sa_fisher_is_the_mean_square_of_each_replay_images_timestep_summed_grad
 
 
 def test_sa_loss_is_the_three_term_formula(world):
-    sa = prepared_sa(world, ewc_weight=3.0, replay_weight=0.7)
+    # The full UNet, so the penalty written out below sums over every parameter, as the official does.
+    sa = prepared_sa(world, ewc_weight=3.0, replay_weight=0.7, train_method="full")
     assert float(sa.losses(sa.draw())["ewc_penalty"].detach()) == 0.0  # theta = theta* before any step
     with torch.no_grad():  # move away from theta* so the penalty counts
         for p in sa.trained.values():
