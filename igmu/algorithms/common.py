@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Literal, Sized
+from typing import Iterable, Literal, Sized
 
 import torch
 import torch.nn.functional as F
@@ -173,3 +173,39 @@ def diffusion_loss(generator: Generator, clean: torch.Tensor, prompts: list[str]
     x_t, t, target = noised(generator, clean, rng)
     unet = unet or generator.unet
     return F.mse_loss(unet(x_t, t, encoder_hidden_states=generator.encode_prompt(prompts)).sample, target)
+
+
+# --- elastic weight consolidation (EWC; SA) -----------------------------------------------------
+
+def diagonal_fisher(params: dict[str, torch.nn.Parameter],
+                    per_sample_losses: Iterable[Iterable[torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The empirical diagonal Fisher information F_i = (1/N) sum_n (d l_n / d theta_i)^2 of N
+    per-sample losses l_n, in fp32. Each sample's loss comes in parts that sum to l_n (e.g. chunks of
+    timesteps, so memory holds one part's graph): the parts' gradients are summed before squaring."""
+    fisher = {name: torch.zeros_like(param, dtype=torch.float32) for name, param in params.items()}
+    samples = 0
+    for parts in per_sample_losses:
+        gradient = {name: torch.zeros_like(f) for name, f in fisher.items()}
+        for part in parts:
+            grads = torch.autograd.grad(part, list(params.values()), allow_unused=True)
+            for name, grad in zip(params, grads):
+                if grad is not None:
+                    gradient[name] += grad.detach().float()
+        for name, g in gradient.items():
+            fisher[name] += g.pow(2)
+        samples += 1
+    if samples == 0:
+        raise ValueError("the Fisher information needs at least one sample")
+    return {name: f / samples for name, f in fisher.items()}
+
+
+def ewc_penalty(params: dict[str, torch.nn.Parameter], fisher: dict[str, torch.Tensor],
+                anchor: dict[str, torch.Tensor]) -> torch.Tensor:
+    """sum_i F_i (theta_i - theta*_i)^2 over the named parameters (EWC's quadratic penalty, without
+    its weight), computed in fp32."""
+    if not params:
+        raise ValueError("the EWC penalty needs at least one parameter")
+    total = torch.zeros((), dtype=torch.float32, device=next(iter(params.values())).device)
+    for name, param in params.items():
+        total = total + (fisher[name] * (param.float() - anchor[name]).pow(2)).sum()
+    return total
