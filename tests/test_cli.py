@@ -81,10 +81,15 @@ TINY_RUN = {"esd": ["steps=2", "ddim_steps=4"], "salun": ["steps=2", "forget_ima
             "mace": ["steps=2", "forget_images=4", "preserve_prompts=10"],
             "sdd": ["steps=2", "ddim_steps=4"],
             "receler": ["steps=2", "ddim_steps=4", "advrs_iters=2"],
+            "sld": [],
+            "sa": ["steps=2", "batch_size=2", "anchor_images=4", "retain_images=4", "fisher_timesteps=2",
+                   "fisher_pass_timesteps=2"],
+            "scissorhands": ["steps=2", "batch_size=2", "forget_images=4", "retain_images=4", "prune_num=2"],
             **{name: ["steps=2", "batch_size=4", "forget_images=4", "retain_images=4"]
                for name in ("i2i", "i2i-max-loss", "i2i-noisy-label", "i2i-retain-label", "i2i-random-encoder")}}
 # Where a saved run keeps the edited weights, by the kind of generator the algorithm edits.
-SAVED_WEIGHTS = {"world": "model/unet/diffusion_pytorch_model.safetensors", "i2i": "model/model.safetensors"}
+SAVED_WEIGHTS = {"world": "model/unet/diffusion_pytorch_model.safetensors", "i2i": "model/model.safetensors",
+                 "sampler": "model/guidance.json"}
 
 
 # The small budget shrunk further: these runs check the path, not the scores.
@@ -110,8 +115,12 @@ def test_run_end_to_end_saves_model_scorecard_and_grid(name, tmp_path, capsys, m
     card = json.loads(captured.out)
     assert card["budget"] == "small"
     assert set(card["aspects"]) == {"forgetting", "preservation"}
-    assert card["efficiency"]["changed_bytes"] > 0 and card["efficiency"]["seconds"] > 0
     kind = "i2i" if WorldImageToImage in ALGORITHMS[name].generator_kinds else "world"
+    if ALGORITHMS[name].edits_sampler:  # no weight changes; its cost is every later image's sampling
+        assert card["efficiency"]["changed_bytes"] == 0 and card["efficiency"]["sampling_overhead"] > 0
+        kind = "sampler"
+    else:
+        assert card["efficiency"]["changed_bytes"] > 0 and card["efficiency"]["seconds"] > 0
     # A result no model folder can hold (Receler's erasers) is saved without one.
     saved = () if ALGORITHMS[name].unsaved_reason else (SAVED_WEIGHTS[kind],)
     for path in (*saved, "changed.safetensors", "scorecard.json", "config.json", "grid.png"):
