@@ -159,7 +159,7 @@ def test_sampled_anchors_keep_the_target_norm_range_and_alternate_with_the_empty
 
 
 def test_only_the_membrane_trains_and_the_fuse_is_w_plus_alpha_over_rank_up_down(world):
-    unlearner = spm(world, steps=3, alpha=2.0, rank=2, lr=1e-2)
+    unlearner = spm(world, steps=3, alpha=3.0, rank=2, lr=1e-2)
     before = snapshot(world.unet)
     text_before = snapshot(world.text_encoder)
     membrane_before = {name: p.detach().clone() for name, p in unlearner.trained.items()}
@@ -186,7 +186,7 @@ def test_only_the_membrane_trains_and_the_fuse_is_w_plus_alpha_over_rank_up_down
     assert "fused_change" in losses and losses["fused_change"] > 0
     for name, layer in layers.items():
         up, down = state[name]
-        expected = w0[name] + (2.0 / 2) * (up.flatten(1) @ down.flatten(1)).view_as(w0[name])
+        expected = w0[name] + (3.0 / 2) * (up.flatten(1) @ down.flatten(1)).view_as(w0[name])
         assert torch.equal(layer.weight, expected), name
         assert not layer._forward_hooks
     fused_keys = {f"{name}.weight" for name in layers}

@@ -68,7 +68,7 @@ class SPMParams(CommonParams):
     - `reference` anchor (the forget prompt without the target as the neutral prompt) is igmu's
       variant for composite prompts, as ESD's; the official neutral is the empty prompt."""
 
-    lr: float = hyperparameter(1e-3, 1e-7, 1e-1, "AdamW learning rate of the membrane (peak of the schedule)",
+    lr: float = hyperparameter(1e-2, 1e-7, 1e-1, "AdamW learning rate of the membrane (peak of the schedule)",
                                log=True)
     steps: int = hyperparameter(200, 1, 100_000, "optimisation steps (official iterations)")
     batch_size: int = hyperparameter(4, 1, 256, "forget prompts per step")
@@ -77,7 +77,7 @@ class SPMParams(CommonParams):
                                   log=True)
     erase_guidance: float = hyperparameter(1.0, 0.0, 10.0, "g: how far past the neutral prediction the concept "
                                                            "is pushed")
-    la_strength: float = hyperparameter(1000.0, 0.0, 1e6, "weight of the latent-anchoring loss")
+    la_strength: float = hyperparameter(10.0, 0.0, 1e6, "weight of the latent-anchoring loss")
     anchors: Literal["retain", "anchor", "sampled"] = hyperparameter(
         "retain", doc="anchoring conditions: the task's retain prompts, its forget prompts without the target, or "
                       "random embeddings near the target's norm (sampled: the official's)")
@@ -111,6 +111,8 @@ def sample_anchor_embeddings(target: torch.Tensor, n: int, rng: torch.Generator)
     """n random embeddings shaped like the target's [1, L, D]: a random direction, accepted with
     probability 1 - cos(target, direction), scaled to U(0.8, 1.2) times the target's norm."""
     flat = target.reshape(-1).float().cpu()
+    if not float(flat.norm()) > 0:
+        raise ValueError("spm: the target's embedding has no norm to sample anchor embeddings around")
     samples = []
     while len(samples) < n:
         direction = torch.randn(flat.shape, generator=rng)
@@ -132,6 +134,9 @@ class SPM(Unlearner):
              "Applications, CVPR 2024 (arXiv 2312.16145)")
     repo = "https://github.com/Con6924/SPM"
     Params = SPMParams
+    # The hazard badge is a small part of a composite prompt: its neutral is the prompt without it
+    # (as ESD's), so the push is along the badge alone.
+    category_defaults = {"sensitive": {"reference": "anchor"}}
     # configs/*/config.yaml (SD 1.4) and the prompt settings' defaults (src/configs/prompt.py).
     official_defaults = {"lr": 1e-4, "steps": 3000, "batch_size": 1, "rank": 1, "alpha": 1.0, "erase_guidance": 1.0,
                          "la_strength": 1000.0, "anchors": "sampled", "anchor_batch": 4, "reference": "unconditional",
