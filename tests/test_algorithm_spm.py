@@ -129,16 +129,20 @@ def test_loss_is_the_guidance_target_plus_la_strength_times_the_anchor_mse(world
     assert torch.allclose(losses["loss"], erase + 250.0 * anchoring, rtol=1e-5)
 
 
-def test_neutral_is_the_empty_prompt_and_retain_anchors_are_retain_prompts(world):
-    unlearner = spm(world)
+@pytest.mark.parametrize("reference", ["unconditional", "anchor"])
+def test_neutral_is_the_empty_prompt_or_the_prompt_without_the_target_and_anchors_are_retain_prompts(
+        world, reference):
+    unlearner = spm(world, reference=reference)
     state = unlearner.rng.get_state()
     batch = unlearner.draw()
-    assert torch.equal(batch["neutral"], world.encode_prompt(["", ""]))
     unlearner.rng.set_state(state)
     # Replay the draw's random choices: the forget prompts and the partial sampling, then anchors.
     from igmu.algorithms.common import partial_sample, pick
 
     chosen = pick(unlearner.task.forget_prompts, 2, unlearner.rng)
+    neutral = [""] * 2 if reference == "unconditional" else [unlearner.task.anchor_prompts[i] for i in chosen]
+    assert torch.equal(batch["neutral"], world.encode_prompt(neutral))
+    assert all("ball" not in prompt for prompt in neutral)
     partial_sample(world, [unlearner.task.forget_prompts[i] for i in chosen], 4, 2.0, unlearner.rng)
     retain = [unlearner.task.retain_prompts[i] for i in pick(unlearner.task.retain_prompts, 2, unlearner.rng)]
     assert torch.equal(batch["anchors"], world.encode_prompt(retain))
@@ -246,6 +250,9 @@ def test_official_defaults_apply_on_stable_diffusion_and_world_defaults_on_the_w
             official.warmup_steps, official.max_denoising_steps, official.start_guidance) == (
         1e-4, 3000, 1, 1.0, 1000.0, "sampled", 500, 30, 3.0)
     assert make_params(SPM, {}, "object", WorldTextToImage) == make_params(SPM, {}, "object")
+    world = make_params(SPM, {}, "sensitive", WorldTextToImage)
+    assert (world.lr, world.la_strength, world.reference, world.anchors) == (1e-2, 10.0, "anchor", "retain")
+    assert official.reference == "unconditional"
 
 
 @pytest.mark.slow

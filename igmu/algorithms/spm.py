@@ -33,8 +33,10 @@ class SPMParams(CommonParams):
     into them at the last step.
 
     World defaults (the world model: 2.7M parameters, 10-step sampler at guidance 2): lr 1e-2 and
-    la_strength 10 over 200 steps, batch 4, 4 retain-prompt anchors per step, rescaled from the
-    official 3000 iterations at lr 1e-4 with la_strength 1000. `max_denoising_steps` is the world
+    la_strength 10 over 200 steps, batch 4, 4 retain-prompt anchors per step and the forget prompt
+    without the target as the neutral (`reference` anchor, as ESD's and SDD's world variant: world
+    prompts are composite, "a ember ball"), rescaled from the official 3000 iterations at lr 1e-4
+    with la_strength 1000 and the empty prompt as neutral. `max_denoising_steps` is the world
     sampler's 10 (official 30), `start_guidance` its 2 (official 3), and the warm-up (33 steps)
     keeps the official's sixth of the run. A step took 0.5-1.3 s on one shared core.
 
@@ -44,10 +46,12 @@ class SPMParams(CommonParams):
     lr 1e-2, la 1000: 0.000 / 0.892 (the anchoring term was ~35x the erasing term: nothing erased);
     lr 1e-2, la 1000, reference anchor: 0.000 / 0.755; lr 3e-2, la 1000: 0.000 / 0.243 (the scene
     went with the ball: rest missing 1.0); lr 1e-2, la 1: 0.000 / 0.767 (rest missing 0.75);
-    lr 1e-2, la 10: 0.625 / 0.858 (kept); lr 3e-2, la 10: 0.083 / 0.250. Hazard, reference anchor
-    (`SPM.category_defaults`): lr 1e-2, la 1000: 0.042 / 0.913; lr 1e-2, la 10: 0.542 / 0.911.
-    On the world's predictions la_strength 1000 let the anchoring term swamp the erasing one; at 1
-    the scene eroded with the concept. FULL_BUDGET_FIGURES
+    lr 1e-2, la 10: 0.625 / 0.858; lr 3e-2, la 10: 0.083 / 0.250. Hazard, reference anchor:
+    lr 1e-2, la 1000: 0.042 / 0.913; lr 1e-2, la 10: 0.542 / 0.911. Full budget, lr 1e-2, la 10:
+    ball, reference unconditional 0.812 / 0.864 (scene missing in 15% of forget images); ball,
+    reference anchor 0.833 / 0.916 (kept: better on both); hazard, reference anchor 0.604 / 0.903,
+    short of the 0.80 forgetting bar. On the world's predictions la_strength 1000 let the anchoring
+    term swamp the erasing one; at 1 the scene eroded with the concept.
 
     On Stable Diffusion `SPM.official_defaults` apply instead (configs/*/config.yaml and
     prompt.yaml, SD 1.4): rank 1, alpha 1, 3000 iterations, lr 1e-4, cosine with 3 hard restarts
@@ -92,7 +96,7 @@ class SPMParams(CommonParams):
                       "random embeddings near the target's norm (sampled: the official's)")
     anchor_batch: int = hyperparameter(4, 0, 256, "anchoring conditions per step (official sampling_batch_size)")
     reference: Literal["unconditional", "anchor"] = hyperparameter(
-        "unconditional", doc="the neutral prompt: the empty prompt (the official's), or the forget prompt without the "
+        "anchor", doc="the neutral prompt: the empty prompt (the official's), or the forget prompt without the "
                              "target (anchor: igmu's variant for composite prompts)")
     start_guidance: float = hyperparameter(2.0, 1.0, 20.0, "CFG scale of the partial sampling of x_t")
     max_denoising_steps: int = hyperparameter(10, 2, 1000, "sampler steps; x_t is taken at a random one")
@@ -143,9 +147,6 @@ class SPM(Unlearner):
              "Applications, CVPR 2024 (arXiv 2312.16145)")
     repo = "https://github.com/Con6924/SPM"
     Params = SPMParams
-    # The hazard badge is a small part of a composite prompt: its neutral is the prompt without it
-    # (as ESD's), so the push is along the badge alone.
-    category_defaults = {"sensitive": {"reference": "anchor"}}
     # configs/*/config.yaml (SD 1.4) and the prompt settings' defaults (src/configs/prompt.py).
     official_defaults = {"lr": 1e-4, "steps": 3000, "batch_size": 1, "rank": 1, "alpha": 1.0, "erase_guidance": 1.0,
                          "la_strength": 1000.0, "anchors": "sampled", "anchor_batch": 4, "reference": "unconditional",
