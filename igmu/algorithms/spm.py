@@ -51,8 +51,9 @@ class SPMParams(CommonParams):
     ball, reference unconditional 0.812 / 0.864 (scene missing in 15% of forget images); ball,
     reference anchor 0.833 / 0.916 (kept: better on both); hazard, reference anchor 0.604 / 0.903,
     with erase_guidance 2 0.625 / 0.926, with lr 2e-2 0.542 / 0.896: no setting tried reached the
-    0.80 forgetting bar on hazard (the rest of the scene went missing in 23-27% of its images). On the world's predictions la_strength 1000 let the anchoring
-    term swamp the erasing one; at 1 the scene eroded with the concept.
+    0.80 forgetting bar on hazard (the rest of the scene went missing in 23-27% of its images). On
+    the world's predictions la_strength 1000 let the anchoring term swamp the erasing one; at 1 the
+    scene eroded with the concept.
 
     On Stable Diffusion `SPM.official_defaults` apply instead (configs/*/config.yaml and
     prompt.yaml, SD 1.4): rank 1, alpha 1, 3000 iterations, lr 1e-4, cosine with 3 hard restarts
@@ -80,7 +81,8 @@ class SPMParams(CommonParams):
       retain prompts, or its forget prompts without the target. Anchors share the forget batch's
       x_t, as the official's share its one x_t.
     - `reference` anchor (the forget prompt without the target as the neutral prompt) is igmu's
-      variant for composite prompts, as ESD's; the official neutral is the empty prompt."""
+      variant for composite prompts, as ESD's, and the world default; the official neutral is the
+      empty prompt."""
 
     lr: float = hyperparameter(1e-2, 1e-7, 1e-1, "AdamW learning rate of the membrane (peak of the schedule)",
                                log=True)
@@ -98,7 +100,7 @@ class SPMParams(CommonParams):
     anchor_batch: int = hyperparameter(4, 0, 256, "anchoring conditions per step (official sampling_batch_size)")
     reference: Literal["unconditional", "anchor"] = hyperparameter(
         "anchor", doc="the neutral prompt: the empty prompt (the official's), or the forget prompt without the "
-                             "target (anchor: igmu's variant for composite prompts)")
+                      "target (anchor: igmu's variant for composite prompts)")
     start_guidance: float = hyperparameter(2.0, 1.0, 20.0, "CFG scale of the partial sampling of x_t")
     max_denoising_steps: int = hyperparameter(10, 2, 1000, "sampler steps; x_t is taken at a random one")
     warmup_steps: int = hyperparameter(33, 0, 100_000, "linear warm-up steps of the learning rate")
