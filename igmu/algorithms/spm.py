@@ -50,8 +50,10 @@ class SPMParams(CommonParams):
     lr 1e-2, la 1000: 0.042 / 0.913; lr 1e-2, la 10: 0.542 / 0.911. Full budget, lr 1e-2, la 10:
     ball, reference unconditional 0.812 / 0.864 (scene missing in 15% of forget images); ball,
     reference anchor 0.833 / 0.916 (kept: better on both); hazard, reference anchor 0.604 / 0.903,
-    with erase_guidance 2 0.625 / 0.926, with lr 2e-2 0.542 / 0.896: no setting tried reached the
-    0.80 forgetting bar on hazard (the rest of the scene went missing in 23-27% of its images). On
+    with erase_guidance 2 0.625 / 0.926, with lr 2e-2 0.542 / 0.896, with anchors anchor and
+    erase_guidance 2 0.604 / 0.914, with 400 steps (warm-up 67) 0.646 / 0.915: no setting tried
+    reached the 0.80 forgetting bar on hazard (the rest of the scene went missing in 19-27% of its
+    images), so hazard keeps the ball defaults. On
     the world's predictions la_strength 1000 let the anchoring term swamp the erasing one; at 1 the
     scene eroded with the concept.
 
