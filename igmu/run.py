@@ -183,6 +183,8 @@ def save_run(out: Path, unlearner: Unlearner, card: dict, changed: dict[str, tor
     if not unsaved:
         unlearner.generator.save(out / "model", stock_weights=type(unlearner).stock_weights)
     save_file({k: v.contiguous() for k, v in changed.items()}, str(out / "changed.safetensors"))
+    for stem, tensors in unlearner.saved_apart().items():
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / f"{stem}.safetensors"))
     config = {"algorithm": unlearner.name, "target": unlearner.task.target, "seed": unlearner.seed,
               "params": dataclasses.asdict(unlearner.params)}
     if unsaved:

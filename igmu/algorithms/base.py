@@ -141,6 +141,11 @@ class Unlearner:
     def load_extra_state(self, state: dict[str, Any]) -> None:
         """Restore what `extra_state` returned."""
 
+    def saved_apart(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Tensor files a run saves beside its model, by file stem (SPM's membrane, the plug-in
+        its official code ships); none by default."""
+        return {}
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "step_index": self.step_index,

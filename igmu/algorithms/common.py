@@ -4,6 +4,7 @@ training images and the diffusion loss. One copy here instead of one per algorit
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import Iterable, Literal, Sized
 
@@ -68,6 +69,24 @@ def make_optimizer(params, lr: float, weight_decay: float = 0.0, kind: Optimizer
     if kind == "adam":
         return torch.optim.Adam(list(params), lr=lr, weight_decay=weight_decay)
     raise ValueError(f"unknown optimiser {kind!r}; valid: adam, adamw")
+
+
+def cosine_with_restarts(step: int, total_steps: int, warmup_steps: int, cycles: int) -> float:
+    """The learning-rate factor of diffusers' `cosine_with_restarts` schedule at `step` (counted
+    from 0, as its LambdaLR counts): a linear warm-up from 0 over `warmup_steps`, then `cycles`
+    half-cosines from 1 to 0, each restarting at 1. A pure function of the step, so a resumed run
+    sets the same rates without saving a scheduler."""
+    if step < warmup_steps:
+        return step / max(1, warmup_steps)
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    if progress >= 1.0:
+        return 0.0
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * ((cycles * progress) % 1.0))))
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 def apply_masks(params: dict[str, torch.nn.Parameter], masks: dict[str, torch.Tensor]) -> None:

@@ -1,14 +1,15 @@
 """Looking inside the UNet and the prompt, shared by the wave-2 algorithms: where a concept's tokens
 sit in a prompt, the cross-attention maps of every `attn2` (FMN, MACE), the input norms of the FFN
-output layers (ConceptPrune) and rank-r LoRA adapters on linear layers (MACE). The world's UNet is
-a diffusers `UNet2DConditionModel` and its text encoder a CLIP, so the same code serves the world
-and Stable Diffusion."""
+output layers (ConceptPrune) and rank-r LoRA adapters on linear and convolution layers (MACE,
+SPM). The world's UNet is a diffusers `UNet2DConditionModel` and its text encoder a CLIP, so the
+same code serves the world and Stable Diffusion."""
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, Literal
 
 import torch
 import torch.nn.functional as F
@@ -179,30 +180,118 @@ def record_ffn_inputs(unet: torch.nn.Module, steps: int) -> Iterator[InputNorms]
 
 # --- LoRA adapters -----------------------------------------------------------------------------
 
-class LoRA(torch.nn.Module):
-    """A rank-r update W + up @ down of one linear layer, added to its output by a forward hook
-    (diffusers' LoRALinearLayer init: down ~ N(0, 1/r), up = 0, so training starts at W)."""
+# SPM's membrane sites: every linear and convolution inside these blocks (diffusers' transformer
+# blocks of the UNet: attention and feed-forward linears, and proj_in / proj_out).
+TRANSFORMER_BLOCK_CLASSES = ("Transformer2DModel",)
+LoRAInit = Literal["normal", "kaiming-uniform"]
 
-    def __init__(self, layer: torch.nn.Linear, rank: int, generator: torch.Generator):
+
+class LoRA(torch.nn.Module):
+    """A rank-r update W + (alpha / r) up @ down of one linear or convolution layer, added to its
+    output by a forward hook; up = 0, so training starts at W. `down` starts as diffusers'
+    LoRALinearLayer (N(0, 1/r), the default) or as kohya's / SPM's (`kaiming-uniform`: U(-1/sqrt(fan_in),
+    1/sqrt(fan_in)), torch's kaiming_uniform_ with a = sqrt(5)). Without `alpha` the scale is 1.
+    A convolution's `down` is a convolution of the layer's own kernel, stride, padding and dilation
+    and its `up` a 1x1 convolution, so the update is still the rank-r weight up @ down. `enabled`
+    False switches the update off (SPM's epsilon*: the same UNet without its membrane)."""
+
+    def __init__(self, layer: torch.nn.Module, rank: int, generator: torch.Generator,
+                 alpha: float | None = None, init: LoRAInit = "normal"):
         super().__init__()
-        down = torch.randn(rank, layer.in_features, generator=generator) / rank
-        self.down = torch.nn.Parameter(down.to(layer.weight))
-        self.up = torch.nn.Parameter(torch.zeros(layer.out_features, rank).to(layer.weight))
+        kernel = _kernel_shape(layer)
+        fan_in = _in_features(layer) * math.prod(kernel)
+        if init == "normal":
+            down = torch.randn(rank, fan_in, generator=generator) / rank
+        elif init == "kaiming-uniform":
+            down = (torch.rand(rank, fan_in, generator=generator) * 2 - 1) / math.sqrt(fan_in)
+        else:
+            raise ValueError(f"unknown LoRA init {init!r}; valid: normal, kaiming-uniform")
+        self.scale = 1.0 if alpha is None else alpha / rank
+        self.enabled = True
+        self.conv = _conv_arguments(layer)
+        self.down = torch.nn.Parameter(down.view(rank, -1, *kernel).to(layer.weight))
+        self.up = torch.nn.Parameter(torch.zeros(_out_features(layer), rank, *(1,) * len(kernel)).to(layer.weight))
         self.handle = layer.register_forward_hook(self.add_update)
 
     def add_update(self, layer, args, output):
-        return output + args[0] @ self.down.T @ self.up.T
+        if not self.enabled:
+            return output
+        if self.conv is None:
+            update = args[0] @ self.down.T @ self.up.T
+        else:
+            update = F.conv2d(F.conv2d(args[0], self.down, **self.conv), self.up)
+        return output + update * self.scale if self.scale != 1.0 else output + update
 
     def delta(self) -> torch.Tensor:
-        """The weight update up @ down [out, in]."""
-        return self.up @ self.down
+        """The weight update (alpha / r) up @ down, shaped as the layer's weight."""
+        update = self.up.flatten(1) @ self.down.flatten(1)
+        update = update if self.scale == 1.0 else update * self.scale
+        return update.view(self.up.shape[0], *self.down.shape[1:]) if self.conv is not None else update
+
+    @torch.no_grad()
+    def fuse_into(self, layer: torch.nn.Module) -> None:
+        """W <- W + (alpha / r) up @ down, then drop the hook: the layer alone now gives what the
+        layer with its LoRA gave."""
+        layer.weight.add_(self.delta().to(layer.weight))
+        self.remove()
 
     def remove(self) -> None:
         self.handle.remove()
 
 
-def attach_lora(layers: dict[str, torch.nn.Linear], rank: int, generator: torch.Generator) -> dict[str, LoRA]:
-    return {name: LoRA(layer, rank, generator) for name, layer in layers.items()}
+def _kernel_shape(layer: torch.nn.Module) -> tuple[int, ...]:
+    if isinstance(layer, torch.nn.Linear):
+        return ()
+    if isinstance(layer, torch.nn.Conv2d):
+        if layer.groups != 1 or layer.padding_mode != "zeros":
+            raise ValueError("a LoRA on a convolution needs groups=1 and zero padding")
+        return tuple(layer.kernel_size)
+    raise ValueError(f"a LoRA needs a Linear or Conv2d layer, not {type(layer).__name__}")
+
+
+def _in_features(layer: torch.nn.Module) -> int:
+    return layer.in_features if isinstance(layer, torch.nn.Linear) else layer.in_channels
+
+
+def _out_features(layer: torch.nn.Module) -> int:
+    return layer.out_features if isinstance(layer, torch.nn.Linear) else layer.out_channels
+
+
+def _conv_arguments(layer: torch.nn.Module) -> dict | None:
+    if isinstance(layer, torch.nn.Linear):
+        return None
+    return {"stride": layer.stride, "padding": layer.padding, "dilation": layer.dilation}
+
+
+def attach_lora(layers: dict[str, torch.nn.Module], rank: int, generator: torch.Generator,
+                alpha: float | None = None, init: LoRAInit = "normal") -> dict[str, LoRA]:
+    return {name: LoRA(layer, rank, generator, alpha, init) for name, layer in layers.items()}
+
+
+def transformer_block_layers(unet: torch.nn.Module,
+                             block_classes: tuple[str, ...] = TRANSFORMER_BLOCK_CLASSES) -> dict[str, torch.nn.Module]:
+    """Every Linear and Conv2d inside the UNet's transformer blocks, by full module name (SPM's
+    membrane sites: its SPMNetwork walks the `Transformer2DModel` modules the same way)."""
+    layers = {}
+    for block_name, block in unet.named_modules():
+        if type(block).__name__ in block_classes:
+            for name, module in block.named_modules():
+                if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+                    layers[f"{block_name}.{name}"] = module
+    return layers
+
+
+@contextmanager
+def lora_disabled(loras: dict[str, LoRA]) -> Iterator[None]:
+    """Within the block the LoRAs add nothing: the UNet is the one they were attached to."""
+    states = {name: lora.enabled for name, lora in loras.items()}
+    for lora in loras.values():
+        lora.enabled = False
+    try:
+        yield
+    finally:
+        for name, lora in loras.items():
+            lora.enabled = states[name]
 
 
 # --- bottleneck adapters on layer outputs --------------------------------------------------------
