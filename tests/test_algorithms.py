@@ -50,12 +50,14 @@ def test_every_algorithm_declares_a_generator_kind_it_is_tested_on():
 @pytest.mark.parametrize("name", WORLD_ALGORITHMS)
 @pytest.mark.slow
 def test_contract_world_model(name, world):
-    before = snapshot(world.unet)
+    before = {"unet": snapshot(world.unet), "text_encoder": snapshot(world.text_encoder)}
     unlearner = build_unlearner(name, world, "ball", tiny_overrides(name), seed=1)
     history = run_unlearning(unlearner)
     assert len(history) == min(2, unlearner.total_steps) == unlearner.step_index
     assert all(isinstance(v, float) and torch.isfinite(torch.tensor(v)) for h in history for v in h.values())
-    assert any(not torch.equal(before[k], v) for k, v in world.unet.state_dict().items())
+    # The weights changed: the UNet's, or the text encoder's for the algorithms that train it (AdvUnlearn).
+    after = {"unet": world.unet.state_dict(), "text_encoder": world.text_encoder.state_dict()}
+    assert any(not torch.equal(before[m][k], v) for m in after for k, v in after[m].items())
     described = ALGORITHMS[name].describe()
     assert described["paper"] and described["repo"].startswith("https://")
     for hp in described["hyperparameters"]:
@@ -80,7 +82,13 @@ def test_state_dict_round_trip_resumes_bit_for_bit(name):
         u.prepare()
         return u
 
-    assert_resumes_bit_for_bit(fresh, lambda u: u.generator.unet.state_dict())
+    assert_resumes_bit_for_bit(fresh, trained_weights)
+
+
+def trained_weights(unlearner) -> dict:
+    """The UNet's and the text encoder's tensors: what any text-to-image algorithm may train."""
+    return {**unlearner.generator.unet.state_dict(),
+            **{f"text_encoder.{k}": v for k, v in unlearner.generator.text_encoder.state_dict().items()}}
 
 
 def test_esd_target_is_negative_guidance():
