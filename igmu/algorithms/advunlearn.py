@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -196,13 +196,16 @@ class AdvUnlearn(Unlearner):
             return self.prefix.clone()
         return random_token_embeddings(self.generator.text_encoder, (1, self.params.prefix_tokens), self.rng)
 
-    def attack(self, chosen: list[int], draw_batch=None) -> list[float]:
+    def attack(self, chosen: list[int], draw_batch: Callable[[], Draw] | None = None) -> list[float]:
         """The inner minimisation c* = argmin_{c'} l_atk(theta, c') over the k prefix token embeddings,
         `attack_steps` steps of Adam (PGD) or of Adam on the gradient's sign (fast AT), each on a fresh
-        partial sample as the official draws one per step. Gradients reach the prefix only; the
-        model's parameters are not touched. Stores the prefix; returns the loss before each step."""
+        partial sample of the chosen forget prompts (`draw_batch`, by default), as the official draws
+        one per step. Gradients reach the prefix only; the model's parameters are not touched. Stores
+        the prefix; returns the loss before each step."""
         p = self.params
-        draw_batch = draw_batch or (lambda: self.draw(chosen, retain_batch=0))
+        if draw_batch is None:
+            def draw_batch() -> Draw:
+                return self.draw(chosen, retain_batch=0)
         prefix = self.initial_prefix().requires_grad_(True)
         optimizer = torch.optim.Adam([prefix], lr=p.attack_lr)
         losses = []
