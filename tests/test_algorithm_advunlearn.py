@@ -145,7 +145,7 @@ def test_fast_at_steps_on_the_gradient_sign(world):
 # --- the outer problem ----------------------------------------------------------------------------
 
 def test_outer_loss_is_the_esd_loss_on_the_adversarial_prompt_plus_weighted_retain_mse(world):
-    adv = advunlearn(world, retain_loss_w=0.3, negative_guidance=1.5)
+    adv = advunlearn(world, retain_loss_w=0.3, negative_guidance=1.5, reference="unconditional")
     chosen = adv.choose_forget()
     batch = adv.draw(chosen, retain_batch=2)
     prefix = random_token_embeddings(world.text_encoder, (1, 1), torch.Generator().manual_seed(3))
@@ -167,6 +167,12 @@ def test_outer_loss_is_the_esd_loss_on_the_adversarial_prompt_plus_weighted_reta
     assert torch.equal(batch.uncond, adv.frozen_text_encoder(world.tokenize([""] * 2))[0])
     assert len(set(batch.t.tolist() + batch.retain_t.tolist())) == 1
     assert all(p in adv.task.retain_prompts for p in batch.retain_prompts)
+    # The world's default reference: the forget prompts without the target, through the frozen encoder.
+    adv.params.reference = "anchor"
+    anchored = adv.draw(chosen, retain_batch=0)
+    anchors = [adv.task.anchor_prompts[i] for i in chosen]
+    assert torch.equal(anchored.uncond, adv.frozen_text_encoder(world.tokenize(anchors))[0])
+    adv.params.reference = "unconditional"
     # step() adds them with weight gamma: recompute its terms from the same random state and weights.
     state, weights = adv.rng.get_state(), snapshot(world.text_encoder)
     adv.params.warmup_steps = 5  # no attack: step 0 trains on the plain prompt

@@ -38,14 +38,23 @@ TEXT_ENCODER = "text_encoder_full"
 class AdvUnlearnParams(CommonParams):
     """The defaults below are rescaled for the world model (2.7M-parameter UNet, a 2-layer 64-wide
     CLIP text encoder, 10-step sampler at guidance 2) so that a full-budget run stays within about
-    five minutes on two CPU cores: lr 1e-3 on the text encoder, 150 steps of 4 forget prompts and 8
-    retain prompts, 50 warm-up steps, then an attack of 3 PGD steps before every step (official: 30),
-    10 DDIM steps, start guidance 2 (the world's sampling guidance; official 3). The attack's 1e-2
-    rate is ten times the official 1e-3, so that 3 steps move the prefix about as far as 30 would.
+    five minutes on two quiet CPU cores: lr 1e-3 on the text encoder, 150 steps of 4 forget prompts
+    and 8 retain prompts, 50 warm-up steps, then an attack of 3 PGD steps before every step
+    (official: 30), 10 DDIM steps, start guidance 2 (the world's sampling guidance; official 3). The
+    attack's 1e-2 rate is ten times the official 1e-3, so that 3 steps move the prefix about as far
+    as 30 would. `reference` is `anchor` on the world (igmu's variant, as ESD's for the hazard badge):
+    with the paper's empty prompt the text encoder learnt to drop the whole scene, not the target.
 
-    Settings tried on the world (forgetting / preservation; ball's original preservation is 0.900,
-    hazard's 0.917) are listed at `AdvUnlearn.category_defaults` and in the report of the run that
-    set them (docs: igmu run --algorithm advunlearn --target ball --json).
+    Tried on the world, small budget, seed 0 (forgetting / preservation; the original's preservation
+    is ball 0.900, hazard 0.917), 150 steps, warm-up 50, 3 PGD steps, retain_loss_w 1:
+    - ball, unconditional reference, lr 1e-3: 0.292 / 0.859. The ball was gone from 96% of the
+      forget images, but the rest of the prompt (the style) was missing from 67%.
+    - ball, unconditional, lr 1e-2: 0.000 / 0.302; lr 3e-2: 0.042 / 0.306 (the scene is lost: the
+      rest of the prompt was missing from 96% and 92% of the forget images).
+    - hazard, unconditional, lr 1e-3: 0.000 / 0.804 (the badge stayed on half the images, the rest
+      of the prompt was missing from the other half).
+    The full-budget figures at the defaults (anchor reference) are in `AdvUnlearn.category_defaults`'
+    comment and the report of the change that set them.
 
     On Stable Diffusion `AdvUnlearn.official_defaults` apply instead, train-scripts/AdvUnlearn.py's
     argparse defaults for SD 1.4: `text_encoder_full`, lr 1e-5, 1000 iterations, one forget prompt
@@ -95,7 +104,7 @@ class AdvUnlearnParams(CommonParams):
     negative_guidance: float = hyperparameter(1.0, 0.0, 10.0, "eta: how far to push away from the concept")
     ddim_steps: int = hyperparameter(10, 2, 1000, "sampler steps; x_t is taken at a random one")
     reference: Literal["unconditional", "anchor"] = hyperparameter(
-        "unconditional",
+        "anchor",
         doc="epsilon*(x_t) of the ESD target: the empty prompt (the paper's), or the forget prompt without the "
             "target (anchor: igmu's variant for composite prompts)")
 
