@@ -53,8 +53,13 @@ class AdvUnlearnParams(CommonParams):
       rest of the prompt was missing from 96% and 92% of the forget images).
     - hazard, unconditional, lr 1e-3: 0.000 / 0.804 (the badge stayed on half the images, the rest
       of the prompt was missing from the other half).
-    The full-budget figures at the defaults (anchor reference) are in `AdvUnlearn.category_defaults`'
-    comment and the report of the change that set them.
+    Full budget, seed 0, anchor reference (forgetting / preservation / quality / alignment /
+    robustness): ball at the defaults (lr 1e-3) 0.729 / 0.780 / 0.731 / 0.945 / 0.406; hazard at lr
+    1e-3 0.479 / 0.857 / 0.905 / 0.800 / 0.417, at lr 3e-3 0.354 / 0.848 / 0.768 / 0.700 / 0.427.
+    Neither target reaches forgetting 0.80 (preservation clears 0.8 x the original's on both). On
+    hazard the badge went from 90% of the forget images, but the rest of the prompt from 42% (48%
+    at lr 3e-3): the text encoder moves the whole prompt's embedding. Each full-budget run took about
+    265 CPU seconds (user + system, one thread) on the shared, loaded machine; not timed quiet.
 
     On Stable Diffusion `AdvUnlearn.official_defaults` apply instead, train-scripts/AdvUnlearn.py's
     argparse defaults for SD 1.4: `text_encoder_full`, lr 1e-5, 1000 iterations, one forget prompt
@@ -140,6 +145,7 @@ class AdvUnlearn(Unlearner):
              "Diffusion Models, NeurIPS 2024 (arXiv 2405.15234)")
     repo = "https://github.com/OPTML-Group/AdvUnlearn"
     Params = AdvUnlearnParams
+    # No category default: lr 3e-3 forgot less of the hazard badge than the default 1e-3 (see Params).
     category_defaults = {}
     # train-scripts/AdvUnlearn.py argparse defaults (commit 1c3f2b7), SD 1.4.
     official_defaults = {"lr": 1e-5, "steps": 1000, "batch_size": 1, "train_method": TEXT_ENCODER,
