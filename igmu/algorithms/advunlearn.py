@@ -53,6 +53,8 @@ class AdvUnlearnParams(CommonParams):
       rest of the prompt was missing from 96% and 92% of the forget images).
     - hazard, unconditional, lr 1e-3: 0.000 / 0.804 (the badge stayed on half the images, the rest
       of the prompt was missing from the other half).
+    - ball, anchor, lr 1e-3, negative guidance 2: 0.625 / 0.839 (no small-budget run at eta 1).
+    - hazard, anchor, lr 1e-3, retain_loss_w 3: 0.417 / 0.863.
     Full budget, seed 0, anchor reference (forgetting / preservation / quality / alignment /
     robustness): ball at the defaults (lr 1e-3) 0.729 / 0.780 / 0.731 / 0.945 / 0.406; hazard at lr
     1e-3 0.479 / 0.857 / 0.905 / 0.800 / 0.417, at lr 3e-3 0.354 / 0.848 / 0.768 / 0.700 / 0.427.
