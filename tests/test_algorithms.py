@@ -50,13 +50,17 @@ def test_every_algorithm_declares_a_generator_kind_it_is_tested_on():
 @pytest.mark.parametrize("name", WORLD_ALGORITHMS)
 @pytest.mark.slow
 def test_contract_world_model(name, world):
-    before, images_before = snapshot(world.unet), world.sample(["a ember ball"], seed=0)
+    before = {"unet": snapshot(world.unet), "text_encoder": snapshot(world.text_encoder)}
+    images_before = world.sample(["a ember ball"], seed=0)
     unlearner = build_unlearner(name, world, "ball", tiny_overrides(name), seed=1)
     history = run_unlearning(unlearner)
     assert len(history) == min(2, unlearner.total_steps) == unlearner.step_index
     assert all(isinstance(v, float) and torch.isfinite(torch.tensor(v)) for h in history for v in h.values())
-    # A tensor the original lacks (an adapter the algorithm added, Receler's erasers) is a change too.
-    weights_changed = any(k not in before or not torch.equal(before[k], v) for k, v in world.unet.state_dict().items())
+    # The weights changed: the UNet's, or the text encoder's for the algorithms that train it
+    # (AdvUnlearn); a tensor the original lacks (an adapter the algorithm added, Receler's erasers)
+    # is a change too.
+    after = {"unet": world.unet.state_dict(), "text_encoder": world.text_encoder.state_dict()}
+    weights_changed = any(k not in before[m] or not torch.equal(before[m][k], v) for m in after for k, v in after[m].items())
     if ALGORITHMS[name].edits_sampler:  # its whole effect is how the model samples
         assert not weights_changed and world.guidance_rule is not None
         assert not torch.equal(world.sample(["a ember ball"], seed=0), images_before)
@@ -86,7 +90,13 @@ def test_state_dict_round_trip_resumes_bit_for_bit(name):
         u.prepare()
         return u
 
-    assert_resumes_bit_for_bit(fresh, lambda u: u.generator.unet.state_dict())
+    assert_resumes_bit_for_bit(fresh, trained_weights)
+
+
+def trained_weights(unlearner) -> dict:
+    """The UNet's and the text encoder's tensors: what any text-to-image algorithm may train."""
+    return {**unlearner.generator.unet.state_dict(),
+            **{f"text_encoder.{k}": v for k, v in unlearner.generator.text_encoder.state_dict().items()}}
 
 
 def test_esd_target_is_negative_guidance():

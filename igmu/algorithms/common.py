@@ -57,6 +57,23 @@ def select_parameters(unet: torch.nn.Module, which: str) -> dict[str, torch.nn.P
     return chosen
 
 
+# AdvUnlearn's `text_encoder_full`: every transformer layer of the CLIP text encoder and its final
+# layer norm; the token and position embeddings stay (the official param_choices, component "all").
+TEXT_ENCODER_TRAINED_PARTS = ("encoder.layers.", "final_layer_norm.")
+
+
+def select_text_encoder_parameters(text_encoder: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """Make exactly the text encoder's transformer layers and final layer norm trainable (names with
+    or without transformers' `text_model.` prefix); return them by name."""
+    chosen = {}
+    for name, param in text_encoder.named_parameters():
+        part = name.removeprefix("text_model.")
+        param.requires_grad_(part.startswith(TEXT_ENCODER_TRAINED_PARTS))
+        if param.requires_grad:
+            chosen[name] = param
+    return chosen
+
+
 def frozen_copy(module: torch.nn.Module) -> torch.nn.Module:
     """A deep copy with no gradients: the reference model (epsilon*) of ESD, CA, EraseDiff."""
     return copy.deepcopy(module).eval().requires_grad_(False)

@@ -1,8 +1,10 @@
 """Looking inside the UNet and the prompt, shared by the wave-2 algorithms: where a concept's tokens
 sit in a prompt, the cross-attention maps of every `attn2` (FMN, MACE), the input norms of the FFN
-output layers (ConceptPrune) and rank-r LoRA adapters on linear and convolution layers (MACE,
-SPM). The world's UNet is a diffusers `UNet2DConditionModel` and its text encoder a CLIP, so the
-same code serves the world and Stable Diffusion."""
+output layers (ConceptPrune), rank-r LoRA adapters on linear and convolution layers (MACE,
+SPM), bottleneck adapters on layer outputs (Receler's erasers) and learnable prefix token
+embeddings spliced in after BOS (AdvUnlearn's attack, and the robustness metric's). The world's
+UNet is a diffusers `UNet2DConditionModel` and its text encoder a CLIP, so the same code serves the
+world and Stable Diffusion."""
 
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from typing import Iterator, Literal
 
 import torch
 import torch.nn.functional as F
+
+from igmu.models.text_to_image import Generator
 
 CROSS_ATTENTION_SUFFIX = "attn2"
 FFN_OUTPUT_SUFFIX = "ff.net.2"
@@ -42,6 +46,44 @@ def position_mask(tokenizer, prompts: list[str], words: str, include_eos: bool =
     for row, prompt in enumerate(prompts):
         mask[row, token_positions(tokenizer, prompt, words, include_eos)] = True
     return mask
+
+
+# --- prefix token embeddings (UnlearnDiffAtk's and AdvUnlearn's `prefix_k` attack) ------------
+
+@contextmanager
+def prefix_embeddings(text_encoder: torch.nn.Module, prefix: torch.Tensor) -> Iterator[None]:
+    """While active, the text encoder's token embeddings right after BOS are `prefix` [B, K, D] (or
+    [1, K, D], one prefix shared by the whole batch): a forward hook on the token embedding table,
+    so the position embeddings, the encoder and its gradients stay the model's own. Feed it
+    `prefixed_ids`, whose K slots after BOS the prefix replaces."""
+    table = text_encoder.get_input_embeddings()
+
+    def swap(_module, _inputs, output):
+        k = prefix.shape[1]
+        spliced = prefix.to(output.dtype).expand(output.shape[0], -1, -1)
+        return torch.cat([output[:, :1], spliced, output[:, 1 + k:]], dim=1)
+
+    handle = table.register_forward_hook(swap)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def prefixed_ids(generator: Generator, prompts: list[str], n_prefix: int) -> torch.Tensor:
+    """Token ids with `n_prefix` placeholder slots after BOS (their embeddings get replaced): the
+    prompt moves right by `n_prefix` and its last `n_prefix` (padding) positions drop off."""
+    ids = generator.tokenize(prompts)
+    placeholder = torch.full((len(prompts), n_prefix), generator.tokenizer.unk_token_id or 0, device=ids.device)
+    return torch.cat([ids[:, :1], placeholder, ids[:, 1:-n_prefix]], dim=1)
+
+
+def random_token_embeddings(text_encoder: torch.nn.Module, shape: tuple[int, int], rng: torch.Generator) -> torch.Tensor:
+    """Embeddings [shape[0], shape[1], D] of tokens drawn uniformly from the vocabulary: the attacks'
+    starting prefix (random words)."""
+    table = text_encoder.get_input_embeddings().weight.detach()
+    start = torch.randint(0, len(table), shape, generator=rng)
+    return table[start.to(table.device)].clone().float()
 
 
 # --- cross-attention maps ----------------------------------------------------------------------
