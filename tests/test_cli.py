@@ -85,6 +85,8 @@ TINY_RUN = {"esd": ["steps=2", "ddim_steps=4"], "salun": ["steps=2", "forget_ima
             "sa": ["steps=2", "batch_size=2", "anchor_images=4", "retain_images=4", "fisher_timesteps=2",
                    "fisher_pass_timesteps=2"],
             "scissorhands": ["steps=2", "batch_size=2", "forget_images=4", "retain_images=4", "prune_num=2"],
+            "spm": ["steps=2", "batch_size=2", "max_denoising_steps=4", "warmup_steps=0"],
+            "advunlearn": ["steps=2", "ddim_steps=4", "warmup_steps=0", "attack_steps=1"],
             **{name: ["steps=2", "batch_size=4", "forget_images=4", "retain_images=4"]
                for name in ("i2i", "i2i-max-loss", "i2i-noisy-label", "i2i-retain-label", "i2i-random-encoder")}}
 # Where a saved run keeps the edited weights, by the kind of generator the algorithm edits.
