@@ -30,8 +30,9 @@ def model_fingerprint(generator: Generator) -> str:
         for name, adapter in hooked_modules(module):
             digest.update(f"hook:{name}".encode())
             _hash_state(digest, adapter.state_dict())
-    if generator.guidance_rule is not None:
-        digest.update(json.dumps(generator.guidance_rule.config(), sort_keys=True).encode())
+    rule = getattr(generator, "guidance_rule", None)  # only text-to-image generators sample with one
+    if rule is not None:
+        digest.update(json.dumps(rule.config(), sort_keys=True).encode())
     return digest.hexdigest()[:20]
 
 

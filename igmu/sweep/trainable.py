@@ -236,7 +236,7 @@ def write_weights(folder: Path, unlearner, original, settings: dict) -> dict:
                 "seed": unlearner.seed, "params": dict(vars(unlearner.params)),
                 "tensors": len(changed), "bytes": (folder / CHANGED_FILE).stat().st_size,
                 "stock_weights": type(unlearner).stock_weights,
-                "guidance": rule.config() if (rule := unlearner.generator.guidance_rule) is not None else None}
+                "guidance": rule.config() if (rule := getattr(unlearner.generator, "guidance_rule", None)) else None}
     (folder / WEIGHTS_MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
     return manifest
 
