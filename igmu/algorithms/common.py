@@ -159,6 +159,19 @@ def reference_prompts(anchor_prompts: tuple[str, ...], chosen: list[int], refere
     raise ValueError(f"unknown reference {reference!r}; valid: unconditional, anchor")
 
 
+def forget_batch(generator: Generator, task, batch_size: int, steps: int, guidance: float, reference: str,
+                 rng: torch.Generator, sampler: Generator | None = None) -> dict:
+    """ESD's batch (ESD, SDD, Receler): `batch_size` forget prompts, x_t by partial sampling from
+    `sampler` (default: the generator itself) at a random step, t, the prompts' embeddings `cond` and
+    the reference prompts' embeddings `uncond` (see `reference_prompts`)."""
+    chosen = pick(task.forget_prompts, batch_size, rng)
+    prompts = [task.forget_prompts[i] for i in chosen]
+    x_t, t, cond = partial_sample(sampler or generator, prompts, steps, guidance, rng)
+    with torch.no_grad():
+        uncond = generator.encode_prompt(reference_prompts(task.anchor_prompts, chosen, reference))
+    return {"x_t": x_t, "t": t, "cond": cond, "uncond": uncond, "prompts": prompts}
+
+
 @dataclass
 class PromptImages:
     """Original-model images of a prompt list (cycled to the requested count), as clean latents;

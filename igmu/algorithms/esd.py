@@ -14,7 +14,7 @@ from igmu.algorithms.base import (
     hyperparameter,
     register_algorithm,
 )
-from igmu.algorithms.common import ParameterSet, frozen_copy, partial_sample, pick, reference_prompts
+from igmu.algorithms.common import ParameterSet, forget_batch, frozen_copy
 from igmu.models.text_to_image import TEXT_TO_IMAGE
 
 
@@ -83,13 +83,9 @@ class ESD(Unlearner):
 
     def draw(self) -> dict:
         """Partial sampling: x_t from the current model, stopped at a random DDIM step."""
-        gen, p = self.generator, self.params
-        chosen = pick(self.task.forget_prompts, p.batch_size, self.rng)
-        prompts = [self.task.forget_prompts[i] for i in chosen]
-        x_t, t, cond = partial_sample(gen, prompts, p.ddim_steps, p.start_guidance, self.rng)
-        with torch.no_grad():
-            uncond = gen.encode_prompt(reference_prompts(self.task.anchor_prompts, chosen, p.reference))
-        return {"x_t": x_t, "t": t, "cond": cond, "uncond": uncond}
+        p = self.params
+        return forget_batch(self.generator, self.task, p.batch_size, p.ddim_steps, p.start_guidance, p.reference,
+                            self.rng)
 
     def loss(self, batch: dict) -> torch.Tensor:
         """L = || epsilon_theta(x_t, c, t) - [epsilon*(x_t, t) - eta (epsilon*(x_t, c, t) - epsilon*(x_t, t))] ||^2"""

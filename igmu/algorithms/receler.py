@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from igmu.algorithms.base import CommonParams, Unlearner, hyperparameter, register_algorithm
-from igmu.algorithms.common import make_optimizer, partial_sample, pick, reference_prompts
+from igmu.algorithms.common import forget_batch, make_optimizer
 from igmu.algorithms.esd import esd_target
 from igmu.algorithms.hooks import (
     ADAPTER_CHILD,
@@ -219,13 +219,8 @@ class Receler(Unlearner):
     def draw(self) -> dict:
         """Partial sampling: x_t from the erased model (erasers on) on forget prompts, at a random DDIM step."""
         gen, p = self.generator, self.params
-        chosen = pick(self.task.forget_prompts, p.batch_size, self.rng)
-        prompts = [self.task.forget_prompts[i] for i in chosen]
-        x_t, t, cond = partial_sample(gen, prompts, p.ddim_steps, p.start_guidance, self.rng)
-        with torch.no_grad():
-            uncond = gen.encode_prompt(reference_prompts(self.task.anchor_prompts, chosen, p.reference))
-        starts = [adversarial_start(gen.tokenizer, q) for q in prompts]
-        return {"x_t": x_t, "t": t, "cond": cond, "uncond": uncond, "prompts": prompts, "starts": starts}
+        batch = forget_batch(gen, self.task, p.batch_size, p.ddim_steps, p.start_guidance, p.reference, self.rng)
+        return {**batch, "starts": [adversarial_start(gen.tokenizer, q) for q in batch["prompts"]]}
 
     @torch.no_grad()
     def frozen_scores(self, batch: dict) -> dict:
